@@ -1,0 +1,200 @@
+"""Compact export: a plain PyTorch model with only the live units, TorchScript and ONNX files.
+
+:func:`compact_model` removes every unit a gate switches off at test time, folds the surviving
+gates' test-time scales into a neighbouring layer (the producer's rows, a BatchNorm's affine
+parameters, or the consumer's columns, whichever is reachable through scale-preserving layers),
+and drops the gates. What is left contains only ``torch.nn`` layers (models with custom blocks
+are traced into a ``torch.fx.GraphModule``), so it runs without neuroplast installed.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .core.groups import find_unit_groups, model_chains
+from .core.layers import layer_coupling
+from .core.resize import prune_units
+
+
+class ExportError(RuntimeError):
+    """The model cannot be compacted or exported; the message says why."""
+
+
+def _test_scale(module: nn.Module) -> torch.Tensor | None:
+    coupling = layer_coupling(module)
+    if coupling is None or coupling.test_scale is None:
+        return None
+    return coupling.test_scale(module).detach().reshape(-1)
+
+
+def _prune_dead_units(model: nn.Module) -> None:
+    for name, group in find_unit_groups(model).items():
+        scale = torch.ones(group.width)
+        for _, module in group.path:
+            gate_scale = _test_scale(module)
+            if gate_scale is not None:
+                scale = scale * gate_scale.to(scale)
+        alive = torch.nonzero(scale != 0).reshape(-1)
+        if alive.numel() == 0:
+            # A layer keeps one unit; its zero scale is folded in below, so it contributes 0.
+            alive = torch.tensor([0])
+        if alive.numel() < group.width:
+            prune_units(model, name, alive)
+
+
+def _scale_along(tensor: torch.Tensor, dim: int, scale: torch.Tensor) -> None:
+    shape = [1] * tensor.dim()
+    shape[dim] = -1
+    tensor.mul_(scale.to(tensor).view(shape))
+
+
+def _fold_backward(entries, index: int, scale: torch.Tensor) -> bool:
+    for _, module in reversed(entries[:index]):
+        coupling = layer_coupling(module)
+        if coupling is None:
+            return False
+        if coupling.produces:
+            for tensor_name, dim in coupling.produces:
+                tensor = getattr(module, tensor_name, None)
+                if tensor is not None:
+                    _scale_along(tensor.data, dim, scale)
+            return True
+        if coupling.per_unit and coupling.test_scale is None:
+            weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
+            if weight is None or bias is None:
+                return False  # a BatchNorm without affine parameters has nowhere to put it
+            _scale_along(weight.data, 0, scale)
+            _scale_along(bias.data, 0, scale)
+            return True
+        if not (coupling.positively_homogeneous or coupling.test_scale is not None):
+            return False
+    return False
+
+
+def _fold_forward(entries, index: int, scale: torch.Tensor) -> bool:
+    block = 1
+    for _, module in entries[index + 1 :]:
+        coupling = layer_coupling(module)
+        if coupling is None:
+            return False
+        if coupling.consumes:
+            tensor_name, dim = coupling.consumes[0]
+            tensor = getattr(module, tensor_name)
+            features = tensor.shape[dim]
+            if features % scale.numel():
+                return False
+            block = features // scale.numel()
+            _scale_along(tensor.data, dim, scale.repeat_interleave(block))
+            return True
+        if not (coupling.positively_homogeneous or coupling.test_scale is not None):
+            return False
+    return False
+
+
+def _fold_and_remove_gates(model: nn.Module) -> None:
+    for entries in model_chains(model):
+        for index, (name, module) in enumerate(entries):
+            scale = _test_scale(module)
+            if scale is None:
+                continue
+            if not torch.all(scale == 1):
+                folded = bool(torch.all(scale >= 0)) and (
+                    _fold_backward(entries, index, scale) or _fold_forward(entries, index, scale)
+                )
+                if not folded:
+                    raise ExportError(
+                        f"cannot fold the test-time scale of gate '{name}' into a neighbouring "
+                        "layer: put the gate next to a Linear/Conv or BatchNorm, with only "
+                        "ReLU-like layers or pooling in between"
+                    )
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            if isinstance(parent, nn.Sequential):
+                del parent._modules[child]
+            else:
+                setattr(parent, child, nn.Identity())
+
+
+def _is_plain(model: nn.Module) -> bool:
+    return all(type(m).__module__.startswith("torch.") for m in model.modules())
+
+
+def compact_model(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with only its live units, made of plain PyTorch layers, in eval mode.
+
+    Units whose gates are off at test time are removed physically; live gates are folded into a
+    neighbouring layer, so the compact model makes the same predictions as ``model.eval()``.
+
+    Example::
+
+        plain = compact_model(model)
+        torch.save(plain, "model.pt")   # loads without neuroplast installed
+    """
+    compact = copy.deepcopy(model).eval()
+    for parameter in compact.parameters():
+        parameter.grad = None
+    _prune_dead_units(compact)
+    _fold_and_remove_gates(compact)
+    if hasattr(compact, "neuroplast_spec"):
+        del compact.neuroplast_spec
+    if not _is_plain(compact):
+        try:
+            compact = torch.fx.symbolic_trace(compact)
+        except Exception as error:  # fx raises many types; all mean "not traceable"
+            raise ExportError(
+                f"the compact model holds custom modules and could not be traced into plain "
+                f"PyTorch with torch.fx: {error}"
+            ) from error
+    return compact.eval()
+
+
+def _example_input(input_shape: tuple[int, ...], batch: int = 2) -> torch.Tensor:
+    return torch.randn((batch, *input_shape), generator=torch.Generator().manual_seed(0))
+
+
+def export_torchscript(
+    model: nn.Module, path: str | os.PathLike, input_shape: tuple[int, ...]
+) -> Path:
+    """Compact ``model`` and save it as TorchScript (``torch.jit.load`` runs it, no neuroplast)."""
+    path = Path(path)
+    compact = compact_model(model)
+    with torch.no_grad():
+        scripted = torch.jit.trace(compact, _example_input(input_shape))
+    _atomic_save(lambda tmp: torch.jit.save(scripted, tmp), path)
+    return path
+
+
+def export_onnx(model: nn.Module, path: str | os.PathLike, input_shape: tuple[int, ...]) -> Path:
+    """Compact ``model`` and save it as ONNX with a dynamic batch dimension."""
+    path = Path(path)
+    compact = compact_model(model)
+    example = _example_input(input_shape)
+
+    def write(tmp: str) -> None:
+        try:
+            torch.onnx.export(
+                compact, (example,), tmp, input_names=["input"], output_names=["logits"],
+                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False,
+            )
+        except ModuleNotFoundError as error:
+            raise ExportError(
+                f"ONNX export needs an extra package ({error.name}): pip install 'neuroplast[onnx]'"
+            ) from error
+
+    _atomic_save(write, path)
+    return path
+
+
+def _atomic_save(write, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        write(str(tmp))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

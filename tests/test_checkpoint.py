@@ -1,0 +1,198 @@
+"""Width-aware checkpoints: fresh-process round trips, atomic writes, clear errors, no pickle."""
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import safetensors.torch
+import torch
+from torch import nn
+
+import neuroplast as npl
+from neuroplast.models import build_model
+
+
+def _batches(seed, steps=4):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(8, 1, 8, 8, generator=g), torch.randint(0, 10, (8,), generator=g))
+            for _ in range(steps)]
+
+
+def _train(model, optimizer, scheduler, batches):
+    for x, y in batches:
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        scheduler.step()
+
+
+def _trained_and_resized():
+    model = build_model("mlp", (1, 8, 8), 10, widths=[12, 6], batchnorm=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.01, betas=(0.8, 0.95))
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=3, gamma=0.5)
+    _train(model, optimizer, scheduler, _batches(1))
+    npl.grow_units(model, "fc1", 5, optimizer=optimizer)
+    npl.prune_units(model, "fc2", [0, 2, 3], optimizer=optimizer)
+    _train(model, optimizer, scheduler, _batches(2))
+    return model, optimizer, scheduler
+
+
+CONTINUE_IN_FRESH_PROCESS = textwrap.dedent(
+    """
+    import sys, torch, safetensors.torch
+    from torch import nn
+    import neuroplast as npl
+    ckpt = npl.load_checkpoint(sys.argv[1])
+    model = ckpt.model
+    optimizer = ckpt.build_optimizer()
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=3, gamma=0.5)
+    ckpt.restore_scheduler(scheduler)
+    ckpt.restore_rng()
+    x_probe = torch.load  # unused: the checkpoint path must never need torch.load
+    g = torch.Generator().manual_seed(3)
+    model.eval()
+    outputs = model(torch.ones(2, 1, 8, 8))
+    model.train()
+    for _ in range(4):
+        x, y = torch.randn(8, 1, 8, 8, generator=g), torch.randint(0, 10, (8,), generator=g)
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        scheduler.step()
+    tensors = {f"p/{k}": v.detach() for k, v in model.state_dict().items()}
+    tensors["outputs"] = outputs.detach()
+    tensors["random"] = torch.rand(3)
+    safetensors.torch.save_file(tensors, sys.argv[2])
+    """
+)
+
+
+def test_round_trip_in_a_fresh_process_continues_identically(tmp_path):
+    model, optimizer, scheduler = _trained_and_resized()
+    npl.save_checkpoint(tmp_path / "ckpt", model, optimizer, scheduler, epoch=3, step=8)
+    model.eval()
+    outputs = model(torch.ones(2, 1, 8, 8))
+    model.train()
+    _train(model, optimizer, scheduler, _batches(3))
+    random_after = torch.rand(3)
+    subprocess.run(
+        [sys.executable, "-c", CONTINUE_IN_FRESH_PROCESS, str(tmp_path / "ckpt"),
+         str(tmp_path / "out.safetensors")], check=True,
+    )
+    theirs = safetensors.torch.load_file(tmp_path / "out.safetensors")
+    assert torch.equal(theirs["outputs"], outputs.detach())
+    for name, value in model.state_dict().items():
+        assert torch.equal(theirs[f"p/{name}"], value), name
+    assert torch.equal(theirs["random"], random_after)  # RNG restored to the saved point
+
+
+def test_load_into_a_user_model_of_other_widths(tmp_path):
+    model, optimizer, _ = _trained_and_resized()
+    npl.save_checkpoint(tmp_path, model, optimizer, epoch=1)
+    fresh = build_model("mlp", (1, 8, 8), 10, widths=[3, 30], batchnorm=True)
+    del fresh.neuroplast_spec
+    ckpt = npl.load_checkpoint(tmp_path, model=fresh)
+    assert npl.layer_widths(fresh) == {"fc1": 17, "fc2": 3}
+    x = torch.randn(4, 1, 8, 8)
+    assert torch.equal(fresh.eval()(x), model.eval()(x))
+    restored = ckpt.restore_optimizer(torch.optim.AdamW(fresh.parameters(), lr=1.0))
+    assert restored.param_groups[0]["lr"] == optimizer.param_groups[0]["lr"]
+    assert restored.param_groups[0]["betas"] == (0.8, 0.95)
+    assert torch.equal(restored.state[fresh.fc1.weight]["exp_avg"],
+                       optimizer.state[model.fc1.weight]["exp_avg"])
+
+
+def test_method_state_and_extra_round_trip(tmp_path):
+    model = build_model("mlp", (4,), 2, widths=[3])
+    method = {"k": float("inf"), "history": [1, 2], "phi": torch.arange(3.0), "pair": (1, "a")}
+    npl.save_checkpoint(tmp_path, model, method_state=method, extra={"config": {"lr": 0.1}})
+    ckpt = npl.load_checkpoint(tmp_path)
+    state = ckpt.method_state
+    assert state["k"] == float("inf") and state["history"] == [1, 2] and state["pair"] == (1, "a")
+    assert torch.equal(state["phi"], torch.arange(3.0))
+    assert ckpt.extra == {"config": {"lr": 0.1}}
+
+
+def test_loading_never_unpickles(tmp_path, monkeypatch):
+    model, optimizer, scheduler = _trained_and_resized()
+    npl.save_checkpoint(tmp_path, model, optimizer, scheduler)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("pickle used while loading a checkpoint")
+
+    for name in ("load", "loads", "Unpickler"):
+        monkeypatch.setattr(pickle, name, refuse)
+    monkeypatch.setattr(torch, "load", refuse)
+    ckpt = npl.load_checkpoint(tmp_path)
+    ckpt.build_optimizer()
+
+
+def test_a_crash_while_saving_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    model = build_model("mlp", (4,), 2, widths=[3])
+    npl.save_checkpoint(tmp_path, model, epoch=1)
+    first = {k: v.clone() for k, v in model.state_dict().items()}
+    npl.grow_units(model, "fc1", 4)
+    real_replace = os.replace
+
+    def crash_on_manifest(src, dst):
+        if str(dst).endswith("checkpoint.json"):
+            raise OSError("simulated power cut")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", crash_on_manifest)
+    with pytest.raises(OSError, match="power cut"):
+        npl.save_checkpoint(tmp_path, model, epoch=2)
+    monkeypatch.setattr(os, "replace", real_replace)
+    ckpt = npl.load_checkpoint(tmp_path)
+    assert ckpt.epoch == 1 and npl.layer_widths(ckpt.model) == {"fc1": 3}
+    for name, value in ckpt.model.state_dict().items():
+        assert torch.equal(value, first[name])
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def _saved(tmp_path):
+    model = build_model("mlp", (4,), 2, widths=[3])
+    npl.save_checkpoint(tmp_path, model)
+    manifest = json.loads((tmp_path / "checkpoint.json").read_text())
+    return tmp_path / manifest["tensors_file"]
+
+
+def test_truncated_tensors_file_is_a_clear_error(tmp_path):
+    tensors = _saved(tmp_path)
+    tensors.write_bytes(tensors.read_bytes()[:-10])
+    with pytest.raises(npl.CheckpointError, match="truncated"):
+        npl.load_checkpoint(tmp_path)
+
+
+def test_tampered_tensors_file_is_a_clear_error(tmp_path):
+    tensors = _saved(tmp_path)
+    data = bytearray(tensors.read_bytes())
+    data[-3] ^= 0xFF
+    tensors.write_bytes(bytes(data))
+    with pytest.raises(npl.CheckpointError, match="SHA-256"):
+        npl.load_checkpoint(tmp_path)
+
+
+def test_truncated_manifest_is_a_clear_error(tmp_path):
+    _saved(tmp_path)
+    manifest = tmp_path / "checkpoint.json"
+    manifest.write_text(manifest.read_text()[:50])
+    with pytest.raises(npl.CheckpointError, match="corrupt or truncated"):
+        npl.load_checkpoint(tmp_path)
+
+
+def test_missing_checkpoint_names_the_expected_file(tmp_path):
+    with pytest.raises(npl.CheckpointError, match="checkpoint.json"):
+        npl.load_checkpoint(tmp_path / "nowhere")
+
+
+def test_model_that_does_not_fit_is_a_clear_error(tmp_path):
+    model = build_model("mlp", (4,), 2, widths=[3])
+    npl.save_checkpoint(tmp_path, model)
+    other = build_model("mlp", (5,), 2, widths=[3])
+    with pytest.raises(npl.CheckpointError, match="does not fit"):
+        npl.load_checkpoint(tmp_path, model=other)

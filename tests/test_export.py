@@ -1,0 +1,86 @@
+"""Compact export: same predictions with only live units, in plain PyTorch, TorchScript, ONNX."""
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from torch import nn
+
+import neuroplast as npl
+from neuroplast.models import build_model
+
+
+def _gated_mlp():
+    model = nn.Sequential(
+        nn.Flatten(), nn.Linear(16, 10), npl.UnitMask(10), nn.ReLU(),
+        nn.Linear(10, 8), nn.BatchNorm1d(8), nn.ReLU(), npl.UnitMask(8),
+        nn.Linear(8, 6), nn.Tanh(), npl.UnitMask(6), nn.Linear(6, 3),
+    )
+    model[2].mask.copy_(torch.tensor([1, 0, 0.5, 1, 0, 0, 2, 1, 1, 0.25]))
+    model[7].mask.copy_(torch.tensor([0, 1, 1, 0.5, 0, 1, 1, 1]))
+    model[10].mask.copy_(torch.tensor([1, 0.5, 0, 1, 1, 3.0]))
+    model.train()
+    model(torch.randn(32, 1, 4, 4))  # BatchNorm statistics
+    return model.eval()
+
+
+def _all_plain(model):
+    return all(type(m).__module__.startswith("torch.") for m in model.modules())
+
+
+def test_compact_removes_dead_units_and_keeps_predictions():
+    model = _gated_mlp()
+    x = torch.randn(20, 1, 4, 4)
+    compact = npl.compact_model(model)
+    assert _all_plain(compact)
+    linears = [m for m in compact.modules() if isinstance(m, nn.Linear)]
+    assert [m.out_features for m in linears] == [7, 6, 5, 3]
+    torch.testing.assert_close(compact(x), model(x), rtol=1e-5, atol=1e-6)
+    assert model[1].out_features == 10  # the source model is untouched
+
+
+def test_compact_resnet_traces_custom_blocks_into_plain_pytorch():
+    model = build_model("resnet20", (3, 32, 32), 10).eval()
+    npl.prune_units(model, "layer1.0.conv1", [0, 1, 2])
+    compact = npl.compact_model(model)
+    assert _all_plain(compact)
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(compact(x), model(x))
+
+
+def test_torchscript_file_runs_without_neuroplast(tmp_path):
+    model = _gated_mlp()
+    path = npl.export_torchscript(model, tmp_path / "model.pt", (1, 4, 4))
+    x = torch.randn(5, 1, 4, 4)
+    torch.save(x, tmp_path / "x.pt")
+    script = textwrap.dedent(
+        f"""
+        import sys, torch
+        sys.modules["neuroplast"] = None  # importing neuroplast now fails
+        m = torch.jit.load(r"{path}")
+        torch.save(m(torch.load(r"{tmp_path / 'x.pt'}")), r"{tmp_path / 'y.pt'}")
+        """
+    )
+    subprocess.run([sys.executable, "-c", script], check=True)
+    torch.testing.assert_close(torch.load(tmp_path / "y.pt"), model(x), rtol=1e-5, atol=1e-6)
+
+
+def test_onnx_file_agrees(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    model = build_model("lenet5", (1, 28, 28), 10, widths=[6, 8, 20]).eval()
+    npl.prune_units(model, "conv2", [0, 3, 5])
+    path = npl.export_onnx(model, tmp_path / "model.onnx", (1, 28, 28))
+    x = torch.randn(7, 1, 28, 28)
+    session = ort.InferenceSession(str(path))
+    (ours,) = session.run(None, {"input": x.numpy()})
+    torch.testing.assert_close(torch.from_numpy(ours), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_a_gate_that_cannot_be_folded_is_a_clear_error():
+    model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), npl.UnitMask(5), nn.Tanh(), nn.Linear(5, 2))
+    model[2].mask.fill_(0.5)
+    with pytest.raises(npl.ExportError, match="cannot fold"):
+        npl.compact_model(model)
