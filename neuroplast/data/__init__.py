@@ -1,0 +1,12 @@
+"""Data sets as ready-to-train tensors: ``load_dataset(name, data_dir)`` -> :class:`DataSplits`.
+
+Built in: the NPN paper's 100-D two moons, scikit-learn's digits, MNIST, Fashion-MNIST and
+CIFAR-10 (original files, image folders or tar archives), plus user data as ``.npz``, ``.csv``
+or an image folder. Every problem with the data raises :class:`DataError`, whose message says
+what is wrong and how to fix it.
+"""
+
+from .base import DataError, DataSplits
+from .registry import DATASETS, load_dataset
+
+__all__ = ["DATASETS", "DataError", "DataSplits", "load_dataset"]

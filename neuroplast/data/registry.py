@@ -1,0 +1,110 @@
+"""The single entry point, :func:`load_dataset`, and the list of data sets it knows."""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+from pathlib import Path
+
+from .base import DataError, DataSplits
+from .cifar import load_cifar10
+from .idx import SOURCES, load_idx_dataset
+from .images import load_folder
+from .moons import load_moons
+from .tabular import load_csv, load_digits, load_npz
+
+DATASETS: tuple[str, ...] = (
+    "moons",
+    "digits",
+    "mnist",
+    "fashion-mnist",
+    "cifar10",
+    "npz",
+    "csv",
+    "folder",
+)
+
+# Spellings people commonly use for the same data sets.
+_ALIASES = {
+    "fashion": "fashion-mnist",
+    "fashionmnist": "fashion-mnist",
+    "cifar-10": "cifar10",
+    "two-moons": "moons",
+}
+
+_NEEDS_PATH = {
+    "cifar10": "a CIFAR-10 folder or archive",
+    "npz": "an .npz file",
+    "csv": "a .csv file",
+    "folder": "an image folder or a tar archive of one",
+}
+
+
+def _canonical(name: str) -> str:
+    key = str(name).strip().lower().replace("_", "-")
+    key = _ALIASES.get(key, key)
+    if key not in DATASETS:
+        raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+    return key
+
+
+def load_dataset(
+    name: str,
+    data_dir: str | os.PathLike | None = None,
+    *,
+    seed: int = 0,
+    val_fraction: float | None = None,
+    download: bool = True,
+    label_column: str | None = None,
+) -> DataSplits:
+    """Load a data set as train / validation / test tensors.
+
+    Args:
+        name: one of :data:`DATASETS` (case and ``_``/``-`` do not matter).
+        data_dir: where the data is. Unused by ``moons`` and ``digits``; a folder for
+            ``mnist``/``fashion-mnist`` (default ``<cache>/datasets/<name>``, the cache being
+            ``$NEUROPLAST_CACHE`` or ``~/.cache/neuroplast``); a folder or archive for
+            ``cifar10`` and ``folder``; the file itself for ``npz`` and ``csv``.
+        seed: seeds the random validation split (and the moons points). Test splits cut from
+            a single pool (digits, npz, csv, folder) use a fixed seed, so the test set is the
+            same whatever ``seed`` is.
+        val_fraction: fraction of the training data held out for validation. Default: 5000
+            examples for MNIST, Fashion-MNIST and CIFAR-10; 20 % otherwise; half of the
+            1000-point pool for moons.
+        download: fetch missing MNIST / Fashion-MNIST files (only those data sets download).
+        label_column: ``csv`` only: the column holding the labels.
+
+    Images come out float32 ``(N, C, H, W)``, scaled to [0, 1] and standardised per channel
+    with training-split statistics; tabular data is standardised per feature (moons stays
+    raw). Raises :class:`DataError` with the problem and its fix when data is bad or missing.
+    """
+    key = _canonical(name)
+    if val_fraction is not None and not (
+        isinstance(val_fraction, numbers.Real)
+        and 0.0 <= val_fraction < 1.0
+        and math.isfinite(val_fraction)
+    ):
+        raise DataError(f"val_fraction must be a number in [0, 1), got {val_fraction!r}")
+    if label_column is not None and key != "csv":
+        raise DataError(f"label_column is only used by the csv data set, not {key!r}")
+    path = Path(data_dir).expanduser() if data_dir is not None else None
+
+    if key == "moons":
+        return load_moons(seed=seed, val_fraction=val_fraction)
+    if key == "digits":
+        return load_digits(seed=seed, val_fraction=val_fraction)
+    if key in SOURCES:
+        return load_idx_dataset(key, path, seed=seed, val_fraction=val_fraction, download=download)
+    if path is None:
+        raise DataError(
+            f"the {key} data set needs data_dir: the path of {_NEEDS_PATH[key]}, e.g. "
+            f"load_dataset({key!r}, 'path/to/data')"
+        )
+    if key == "cifar10":
+        return load_cifar10(path, seed=seed, val_fraction=val_fraction)
+    if key == "npz":
+        return load_npz(path, seed=seed, val_fraction=val_fraction)
+    if key == "csv":
+        return load_csv(path, seed=seed, val_fraction=val_fraction, label_column=label_column)
+    return load_folder(path, seed=seed, val_fraction=val_fraction)
