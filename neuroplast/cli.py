@@ -1,0 +1,229 @@
+"""The ``neuroplast`` command: argument parsing only; every action is a Python API call.
+
+    neuroplast train [--method M --model A --dataset D ...] [--config recipe.toml]
+    neuroplast resume DIR
+    neuroplast report DIR
+    neuroplast export DIR --format torchscript|onnx
+    neuroplast list
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from dataclasses import MISSING, fields
+from pathlib import Path
+from typing import Any
+
+from .core.checkpoint import CheckpointError
+from .data import DATASETS, DataError
+from .export import ExportError
+from .methods import METHODS, method_fields
+from .models import MODELS
+from .train.loop import OPTIMIZERS, SCHEDULERS, TrainConfig
+from .train.run import RunConfig, RunDirectoryError
+
+# What `neuroplast train` with no arguments runs: a complete small job on bundled data.
+DEFAULT_JOB = {"method": "fixed", "model": "mlp", "dataset": "digits", "widths": [64],
+               "epochs": 20, "out": "runs/default"}
+
+TRAIN_OPTIONS = {f.name for f in fields(TrainConfig)}
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in str(text).split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected integers separated by commas, got '{text}'") from None
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        return [float(part) for part in str(text).split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected numbers separated by commas, got '{text}'") from None
+
+
+def _option_type(annotation: str):
+    """An argparse converter for a method field's (string) annotation."""
+    text = str(annotation).replace(" ", "")
+    if "list[int]" in text or "tuple[int" in text:
+        return _int_list
+    if "list[float]" in text or "tuple[float" in text:
+        return _float_list
+    for name, converter in (("bool", None), ("int", int), ("float", float)):
+        if text.split("|")[0] == name:
+            return converter
+    return str
+
+
+def _method_flag(method: str, option: str) -> str:
+    return f"--{method}-{option.replace('_', '-')}"
+
+
+def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    # Defaults are SUPPRESSed so we can tell what was typed from what a --config file says.
+    add = parser.add_argument
+    s = argparse.SUPPRESS
+    add("--config", default=s, help="a recipe file (TOML or JSON) holding the same options")
+    add("--method", default=s, help=f"sizing method: {', '.join(METHODS)} (default fixed)")
+    add("--model", default=s, help=f"model: {', '.join(MODELS)} (default mlp)")
+    add("--dataset", default=s, help=f"data set: {', '.join(DATASETS)} (default digits)")
+    add("--data-dir", default=s, help="directory (or file) holding the data set's files")
+    add("--widths", type=_int_list, default=s, help="starting hidden widths, e.g. 300,100")
+    add("--val-fraction", type=float, default=s, help="share of training data held out")
+    add("--epochs", type=int, default=s, help="training epochs (default 10)")
+    add("--batch-size", type=int, default=s, help="mini-batch size (default 64)")
+    add("--optimizer", choices=OPTIMIZERS, default=s, help="optimizer (default adam)")
+    add("--lr", type=float, default=s, help="learning rate (default 0.001)")
+    add("--momentum", type=float, default=s, help="SGD momentum (default 0.9)")
+    add("--weight-decay", type=float, default=s, help="weight decay (default 0)")
+    add("--scheduler", choices=SCHEDULERS, default=s, help="learning-rate schedule")
+    add("--seed", type=int, default=s, help="random seed (default 0)")
+    add("--out", default=s, help="run directory (default runs/<dataset>-<model>-<method>-s<seed>)")
+    add("--overwrite", action="store_true", default=s, help="replace a run already in --out")
+    add("--tensorboard", action="store_true", default=s, help="also log to TensorBoard")
+    add("--no-progress", dest="progress", action="store_false", default=s,
+        help="no progress bar or per-epoch lines")
+    for method in METHODS:
+        group = parser.add_argument_group(f"options of --method {method}")
+        for option in method_fields(method):
+            converter = _option_type(option.type)
+            default = option.default if option.default is not MISSING else None
+            helptext = option.metadata.get("help", "") + f" (default {default})"
+            flag, dest = _method_flag(method, option.name), f"{method}.{option.name}"
+            if converter is None:
+                group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction,
+                                   default=s, help=helptext)
+            else:
+                group.add_argument(flag, dest=dest, type=converter, default=s, help=helptext)
+
+
+def read_recipe(path: str | Path) -> dict[str, Any]:
+    """Options from a TOML or JSON recipe, keys as on the command line (dashes or underscores)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"recipe file {path} does not exist")
+    text = path.read_text()
+    try:
+        if path.suffix == ".json":
+            values = json.loads(text)
+        else:
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python 3.10
+                import tomli as tomllib
+            values = tomllib.loads(text)
+    except (ValueError, ModuleNotFoundError) as error:
+        raise ValueError(f"cannot read recipe {path}: {error}") from error
+    return {key.replace("-", "_"): value for key, value in values.items()}
+
+
+def config_from_options(options: dict[str, Any], command: str | None = None) -> RunConfig:
+    """Merge defaults < recipe file < typed options into a :class:`RunConfig`."""
+    merged: dict[str, Any] = {}
+    if "config" in options:
+        merged.update(read_recipe(options.pop("config")))
+    if not merged and not any(k for k in options if k not in ("progress", "overwrite")):
+        merged.update(DEFAULT_JOB)
+    merged.update(options)
+    method = merged.pop("method", "fixed")
+    if method not in METHODS:
+        raise ValueError(f"unknown method '{method}'; choose one of: {', '.join(METHODS)}")
+    method_options: dict[str, Any] = {}
+    for key in list(merged):
+        if "." in key:  # from the command line: "<method>.<option>"
+            owner, option = key.split(".", 1)
+            value = merged.pop(key)
+            if owner != method:
+                raise ValueError(f"{_method_flag(owner, option)} is an option of --method "
+                                 f"{owner}, but this run uses --method {method}")
+            method_options[option] = value
+        elif key.startswith(f"{method}_"):  # from a recipe: "<method>_<option>"
+            method_options[key[len(method) + 1:]] = merged.pop(key)
+    train = {key: merged.pop(key) for key in list(merged) if key in TRAIN_OPTIONS}
+    run_names = {f.name for f in fields(RunConfig)} - {"train", "method_options", "command"}
+    unknown = sorted(set(merged) - run_names)
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown} (see `neuroplast train --help`)")
+    config = RunConfig(method=method, train=TrainConfig(**train),
+                       method_options=method_options, command=command, **merged)
+    if config.widths is not None:
+        if not config.widths or any(w < 1 for w in config.widths):
+            raise ValueError(f"--widths must be integers >= 1, got {config.widths}")
+    return config
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="neuroplast", description="Train neural networks that decide their own size.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    train = commands.add_parser("train", help="train a run (no options: the default job)")
+    _add_train_arguments(train)
+    resume = commands.add_parser("resume", help="continue an interrupted run")
+    resume.add_argument("run_dir")
+    resume.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+    report = commands.add_parser("report", help="(re)write a run's report.md and plots")
+    report.add_argument("run_dir")
+    export = commands.add_parser("export", help="export a run's compact model")
+    export.add_argument("run_dir")
+    export.add_argument("--format", choices=("torchscript", "onnx"), default="torchscript")
+    export.add_argument("--output", default=None, help="file to write (default in the run dir)")
+    commands.add_parser("list", help="list methods, models and data sets")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``neuroplast`` command."""
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    from .train import run
+
+    try:
+        if args.command == "train":
+            options = {k: v for k, v in vars(args).items() if k != "command"}
+            config = config_from_options(options, "neuroplast " + shlex.join(argv))
+            summary = run.train_run(config)
+            _print_summary(config.run_dir(), summary)
+            return 0 if summary["stopped_early"] in (None, "interrupted") else 1
+        if args.command == "resume":
+            summary = run.resume_run(args.run_dir, progress=args.progress)
+            _print_summary(Path(args.run_dir), summary)
+            return 0 if summary["stopped_early"] in (None, "interrupted") else 1
+        if args.command == "report":
+            from .report import write_report
+
+            if not (Path(args.run_dir) / "metrics.jsonl").exists():
+                raise RunDirectoryError(f"{args.run_dir} holds no run (no metrics.jsonl)")
+            print(write_report(args.run_dir))
+            return 0
+        if args.command == "export":
+            print(run.export_run(args.run_dir, args.format, args.output))
+            return 0
+        print("methods: ", ", ".join(f"{n} ({m.description})" for n, m in METHODS.items()))
+        print("models:  ", ", ".join(MODELS))
+        print("datasets:", ", ".join(DATASETS))
+        return 0
+    except (DataError, CheckpointError, RunDirectoryError, ExportError, ValueError,
+            FileNotFoundError) as error:
+        print(f"neuroplast: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _print_summary(run_dir: Path, summary: dict[str, Any]) -> None:
+    accuracy = summary["test_accuracy"]
+    text = "n/a" if accuracy is None else f"{accuracy:.2%}"
+    widths = "-".join(map(str, summary["initial_widths"])), "-".join(
+        map(str, summary["final_widths"]))
+    print(f"{summary['method']} {summary['model']} on {summary['dataset']}: test accuracy {text} "
+          f"after {summary['epochs']} epochs, widths {widths[0]} -> {widths[1]}, "
+          f"{summary['params'] or 0:,} parameters, {summary['train_seconds']:.1f}s")
+    print(f"report: {run_dir / 'report.md'}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

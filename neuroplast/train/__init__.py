@@ -1,0 +1,9 @@
+"""The application around the mechanism: training loop and policy callbacks.
+
+Runs (data + model + method + run directory) live in :mod:`neuroplast.train.run`.
+"""
+
+from .callbacks import Callback, Method
+from .loop import TrainConfig, Trainer, TrainingDiverged
+
+__all__ = ["Callback", "Method", "TrainConfig", "Trainer", "TrainingDiverged"]

@@ -1,0 +1,109 @@
+"""The policy interface: callbacks the training loop calls, and the ``Method`` a policy is.
+
+A policy (NPN, MetaNet, a baseline) is one small class. It decides *when* and *where* a network
+changes size and calls the core's ``grow_units`` / ``prune_units`` (through the trainer's
+``grow``/``prune``/``split`` helpers, which keep the optimizer in step and log the event). It
+never writes files; the trainer does.
+
+The same hooks can drive a hand-written loop: call them where the comments say, with any object
+that has ``model``, ``optimizer`` and ``epoch`` attributes and the helper methods used.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+if TYPE_CHECKING:  # only for type hints; the loop imports this module
+    from .loop import Trainer
+
+
+class Callback:
+    """Hooks called by :class:`~neuroplast.train.loop.Trainer`; all optional, all no-ops here."""
+
+    def on_train_begin(self, trainer: Trainer) -> None:
+        """Before the first epoch (also when a run is resumed)."""
+
+    def on_train_end(self, trainer: Trainer) -> None:
+        """After the last epoch, before the summary is written."""
+
+    def on_epoch_begin(self, trainer: Trainer, epoch: int) -> None:
+        """Before the epoch's first batch; ``epoch`` counts from 1."""
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int) -> None:
+        """After the epoch's evaluation (``trainer.last_metrics``); resize here."""
+
+    def on_batch_begin(self, trainer: Trainer, inputs: torch.Tensor, targets: torch.Tensor) -> None:
+        """Before the forward pass of a training batch."""
+
+    def after_backward(self, trainer: Trainer) -> None:
+        """Gradients are ready and the optimizer has not stepped yet."""
+
+    def on_batch_end(self, trainer: Trainer, loss: torch.Tensor) -> None:
+        """After the optimizer step; ``loss`` is the batch's (detached) training loss."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON values and tensors to checkpoint (restored before training resumes)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+
+
+class Method(Callback):
+    """A sizing policy: callbacks plus the few places a method may shape training.
+
+    Subclasses are dataclasses whose fields are the method's hyper-parameters; the command
+    line exposes each field ``foo_bar`` of method ``name`` as ``--name-foo-bar``.
+    """
+
+    name: ClassVar[str] = "method"
+    description: ClassVar[str] = ""
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        """Adapt a freshly built model before the optimizer exists (e.g. attach gates).
+
+        Must be deterministic in structure: a resumed run calls it again on a fresh model and
+        then loads the checkpoint into the result.
+        """
+        return model
+
+    def param_groups(self, model: nn.Module, lr: float) -> list[dict[str, Any]] | None:
+        """Optimizer param groups, or None for one group over all parameters."""
+        return None
+
+    def penalty(self, trainer: Trainer) -> torch.Tensor | None:
+        """A regularizer added to the data loss (an L0 term, say), or None."""
+        return None
+
+    def training_loss(
+        self, trainer: Trainer, inputs: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Loss to back-propagate and the logits, for one training batch."""
+        logits = trainer.model(inputs)
+        loss = F.cross_entropy(logits, targets)
+        extra = self.penalty(trainer)
+        return (loss if extra is None else loss + extra), logits
+
+    def metrics(self, trainer: Trainer) -> dict[str, float]:
+        """Method-specific scalars logged each epoch (``k``, expected L0, ...)."""
+        return {}
+
+    def live_model(self, model: nn.Module) -> nn.Module:
+        """The model as it would be exported (used to count parameters and MACs)."""
+        return model
+
+    def live_widths(self, model: nn.Module) -> dict[str, int]:
+        """Units per resizable layer that are really in use, input to output."""
+        from ..core.groups import layer_widths
+
+        return layer_widths(model)
+
+    def options(self) -> dict[str, Any]:
+        """The method's hyper-parameters as a JSON-able dict."""
+        from dataclasses import asdict, is_dataclass
+
+        return asdict(self) if is_dataclass(self) else {}

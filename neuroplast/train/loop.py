@@ -1,0 +1,366 @@
+"""The training loop: batches, evaluation, policy callbacks, metrics and a checkpoint per epoch.
+
+The loop knows nothing of NPN or MetaNet: a :class:`~neuroplast.train.callbacks.Method` shapes
+the loss and resizes the model from its callbacks. Every epoch ends with a checkpoint holding
+everything needed to continue exactly (weights at their current widths, optimizer, scheduler,
+every random generator, the policy's state), so ``resume`` after a crash gives the same result
+as a run that never stopped. Ctrl-C saves a checkpoint at the exact batch and stops cleanly.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..core.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from ..core.count import count_model
+from ..core.groups import layer_widths
+from ..core.resize import grow_units, prune_units, split_units
+from ..data import DataSplits
+from .callbacks import Callback, Method
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULERS = ("none", "cosine", "step")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of the loop itself (the method's live on the method)."""
+
+    epochs: int = 10
+    batch_size: int = 64
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    scheduler: str = "none"
+    seed: int = 0
+    eval_batch_size: int = 1000
+    progress: bool = True
+    tensorboard: bool = False
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first inconsistent option."""
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1 or self.eval_batch_size < 1:
+            raise ValueError(f"batch size must be >= 1, got {self.batch_size}")
+        if not self.lr > 0 or math.isinf(self.lr):
+            raise ValueError(f"learning rate must be a positive number, got {self.lr}")
+        if self.weight_decay < 0 or not 0 <= self.momentum < 1:
+            raise ValueError("weight decay must be >= 0 and momentum in [0, 1)")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer '{self.optimizer}'; choose one of {OPTIMIZERS}")
+        if self.scheduler not in SCHEDULERS:
+            raise ValueError(f"unknown scheduler '{self.scheduler}'; choose one of {SCHEDULERS}")
+
+
+def make_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
+    """The optimizer named in ``config`` over ``params`` (parameters or param groups)."""
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
+                               weight_decay=config.weight_decay)
+    kind = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
+    return kind(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer):
+    """An epoch-stepped learning-rate schedule, or None."""
+    if config.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+    if config.scheduler == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, max(1, config.epochs // 3), 0.1)
+    return None
+
+
+class Trainer:
+    """Train ``model`` on ``data`` under a sizing ``method``.
+
+    Example::
+
+        data = load_dataset("digits")
+        model = build_model("mlp", data.input_shape, data.num_classes, widths=[32])
+        trainer = Trainer(model, data, FixedWidth(), TrainConfig(epochs=5), run_dir="runs/demo")
+        trainer.fit()
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data: DataSplits,
+        method: Method,
+        config: TrainConfig | None = None,
+        run_dir: str | os.PathLike | None = None,
+        callbacks: Sequence[Callback] = (),
+    ) -> None:
+        self.config = config or TrainConfig()
+        self.config.validate()
+        self.data = data
+        self.method = method
+        self.callbacks: list[Callback] = [method, *callbacks]
+        self.model = method.prepare_model(model)
+        groups = method.param_groups(self.model, self.config.lr)
+        self.optimizer = make_optimizer(self.config, groups or self.model.parameters())
+        self.scheduler = make_scheduler(self.config, self.optimizer)
+        self.data_generator = torch.Generator().manual_seed(self.config.seed)
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.epoch = 0  # completed epochs
+        self.step = 0  # optimizer steps taken
+        self.train_seconds = 0.0
+        self.initial_widths = method.live_widths(self.model)
+        self.history: list[dict[str, Any]] = []
+        self.last_metrics: dict[str, Any] = {}
+        self.events: list[str] = []
+        self.stop_training = False
+        self.stopped_early: str | None = None
+        self._position: dict[str, Any] | None = None  # set when resuming mid-epoch
+        self._logger = None
+
+    # ------------------------------------------------------------------ helpers for policies
+    def log_event(self, text: str) -> None:
+        """Record a structural event (shown in the progress output, metrics and report)."""
+        self.events.append(text)
+
+    def grow(self, layer: str, n: int, **values: Any):
+        """``grow_units`` with this trainer's optimizer, logged as an event."""
+        group = grow_units(self.model, layer, n, optimizer=self.optimizer, **values)
+        self.log_event(f"grew {layer} by {n} to {group.width}")
+        return group
+
+    def prune(self, layer: str, keep):
+        """``prune_units`` with this trainer's optimizer, logged as an event."""
+        before = layer_widths(self.model)[layer]
+        group = prune_units(self.model, layer, keep, optimizer=self.optimizer)
+        self.log_event(f"pruned {layer} by {before - group.width} to {group.width}")
+        return group
+
+    def split(self, layer: str, units, **options: Any):
+        """``split_units`` with this trainer's optimizer, logged as an event."""
+        group = split_units(self.model, layer, units, optimizer=self.optimizer, **options)
+        self.log_event(f"split {len(units)} units of {layer} to {group.width}")
+        return group
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluate(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[float, float]:
+        """Mean cross-entropy and accuracy of the model (in eval mode) on a split."""
+        if len(targets) == 0:
+            return float("nan"), float("nan")
+        was_training = self.model.training
+        self.model.eval()
+        total_loss = torch.zeros((), dtype=torch.float64)
+        correct = torch.zeros((), dtype=torch.long)
+        for start in range(0, len(targets), self.config.eval_batch_size):
+            x = inputs[start : start + self.config.eval_batch_size]
+            y = targets[start : start + self.config.eval_batch_size]
+            logits = self.model(x)
+            total_loss += F.cross_entropy(logits, y, reduction="sum").double()
+            correct += (logits.argmax(1) == y).sum()
+        self.model.train(was_training)
+        return total_loss.item() / len(targets), correct.item() / len(targets)
+
+    # ------------------------------------------------------------------ training
+    def _batches(self, epoch_rng: torch.Tensor):
+        self.data_generator.set_state(epoch_rng)
+        order = torch.randperm(len(self.data.y_train), generator=self.data_generator)
+        return [order[i : i + self.config.batch_size]
+                for i in range(0, len(order), self.config.batch_size)]
+
+    def _train_epoch(self, epoch: int) -> tuple[float, float]:
+        position = self._position or {}
+        self._position = None
+        epoch_rng = position.get("epoch_rng", self.data_generator.get_state())
+        batches = self._batches(epoch_rng)
+        first = position.get("batch", 0)
+        loss_sum = torch.tensor(position.get("loss_sum", 0.0), dtype=torch.float64)
+        correct = torch.tensor(position.get("correct", 0), dtype=torch.long)
+        seen = position.get("seen", 0)
+        self.model.train()
+        bar = tqdm(total=len(batches), initial=first, desc=f"epoch {epoch}/{self.config.epochs}",
+                   disable=not self.config.progress, leave=False, dynamic_ncols=True,
+                   mininterval=0.5)
+        index = first
+        try:
+            for index in range(first, len(batches)):
+                x = self.data.x_train[batches[index]]
+                y = self.data.y_train[batches[index]]
+                for callback in self.callbacks:
+                    callback.on_batch_begin(self, x, y)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss, logits = self.method.training_loss(self, x, y)
+                if not torch.isfinite(loss):
+                    raise TrainingDiverged(
+                        f"the training loss became {loss.item()} at epoch {epoch}, batch "
+                        f"{index + 1}: lower the learning rate (now {self.config.lr})"
+                    )
+                loss.backward()
+                for callback in self.callbacks:
+                    callback.after_backward(self)
+                self.optimizer.step()
+                self.step += 1
+                detached = loss.detach()
+                loss_sum += detached.double() * len(y)
+                correct += (logits.detach().argmax(1) == y).sum()
+                seen += len(y)
+                for callback in self.callbacks:
+                    callback.on_batch_end(self, detached)
+                if bar.disable is False and index % 10 == 0:
+                    bar.set_postfix_str(
+                        f"loss {loss_sum.item() / seen:.4f} acc {correct.item() / seen:.3f} "
+                        f"widths {self._width_text()}", refresh=False)
+                bar.update(1)
+        except KeyboardInterrupt:
+            self._position = {"epoch_rng": epoch_rng, "batch": index, "seen": seen,
+                              "loss_sum": loss_sum.item(), "correct": correct.item()}
+            raise
+        finally:
+            bar.close()
+        return loss_sum.item() / max(seen, 1), correct.item() / max(seen, 1)
+
+    def _width_text(self) -> str:
+        return "-".join(str(w) for w in self.method.live_widths(self.model).values())
+
+    def _epoch_record(self, epoch: int, train: tuple[float, float], seconds: float):
+        val_loss, val_acc = self.evaluate(self.data.x_val, self.data.y_val)
+        test_loss, test_acc = self.evaluate(self.data.x_test, self.data.y_test)
+        self.last_metrics = {
+            "epoch": epoch, "train_loss": train[0], "train_accuracy": train[1],
+            "val_loss": val_loss, "val_accuracy": val_acc,
+            "test_loss": test_loss, "test_accuracy": test_acc,
+        }
+        for callback in self.callbacks:
+            callback.on_epoch_end(self, epoch)
+        live = self.method.live_model(self.model)
+        count = count_model(live, self.data.input_shape)
+        record = {
+            **self.last_metrics,
+            "widths": self.method.live_widths(self.model),
+            "params": count.params,
+            "macs": count.macs,
+            "seconds": seconds,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "events": list(self.events),
+            "method": self.method.metrics(self),
+        }
+        return record
+
+    def fit(self) -> list[dict[str, Any]]:
+        """Train until ``config.epochs`` (or a policy sets ``stop_training``); returns history.
+
+        Raises nothing for a diverged loss or Ctrl-C: both stop the run, keep a usable
+        checkpoint and set ``stopped_early``.
+        """
+        if self.run_dir is not None:
+            from ..report import MetricsLogger
+
+            self._logger = MetricsLogger(self.run_dir, tensorboard=self.config.tensorboard)
+            self._logger.truncate_to(self.epoch)
+        for callback in self.callbacks:
+            callback.on_train_begin(self)
+        try:
+            while self.epoch < self.config.epochs and not self.stop_training:
+                epoch = self.epoch + 1
+                started = time.perf_counter()
+                self.events = []
+                for callback in self.callbacks:
+                    callback.on_epoch_begin(self, epoch)
+                train = self._train_epoch(epoch)
+                if self.scheduler is not None:
+                    self.scheduler.step()
+                record = self._epoch_record(epoch, train, 0.0)
+                seconds = time.perf_counter() - started
+                record["seconds"] = seconds
+                self.train_seconds += seconds
+                self.epoch = epoch
+                self.history.append(record)
+                self._print_epoch(record)
+                if self._logger is not None:
+                    self._logger.log(record)
+                self.save()
+            for callback in self.callbacks:
+                callback.on_train_end(self)
+            self.save()  # what on_train_end changed (a final compaction) is kept too
+        except TrainingDiverged as error:
+            self.stopped_early = f"diverged: {error}"
+            self._say(f"training stopped: {error}. The last good checkpoint (epoch {self.epoch}) "
+                      "is kept.")
+        except KeyboardInterrupt:
+            self.stopped_early = "interrupted"
+            if self._position is not None:
+                self.save()
+                self._say(f"interrupted at epoch {self.epoch + 1}, batch "
+                          f"{self._position['batch'] + 1}: saved; `neuroplast resume` continues")
+        finally:
+            if self._logger is not None:
+                self._logger.close()
+        return self.history
+
+    def _say(self, text: str) -> None:
+        if self.config.progress:
+            tqdm.write(text)
+
+    def _print_epoch(self, record: dict[str, Any]) -> None:
+        events = f"  [{'; '.join(record['events'])}]" if record["events"] else ""
+        self._say(
+            f"epoch {record['epoch']}/{self.config.epochs}  loss {record['train_loss']:.4f}  "
+            f"acc {record['train_accuracy']:.2%}  val {record['val_accuracy']:.2%}  "
+            f"test {record['test_accuracy']:.2%}  widths {self._width_text()}  "
+            f"params {record['params']:,}  {record['seconds']:.1f}s{events}"
+        )
+
+    # ------------------------------------------------------------------ checkpoints
+    @property
+    def checkpoint_dir(self) -> Path | None:
+        return None if self.run_dir is None else self.run_dir / "checkpoint"
+
+    def save(self, directory: str | os.PathLike | None = None) -> Path | None:
+        """Write the checkpoint (by default ``<run_dir>/checkpoint``)."""
+        target = Path(directory) if directory is not None else self.checkpoint_dir
+        if target is None:
+            return None
+        extra = {
+            "config": asdict(self.config),
+            "train_seconds": self.train_seconds,
+            "initial_widths": self.initial_widths,
+            "history": self.history,
+            "position": self._position,
+        }
+        return save_checkpoint(
+            target, self.model, self.optimizer, self.scheduler, epoch=self.epoch,
+            step=self.step, method_state=self.method.state_dict(), extra=extra,
+            generators={"data": self.data_generator},
+        )
+
+    def restore(self, directory: str | os.PathLike) -> Checkpoint:
+        """Continue from a checkpoint: widths, weights, optimizer, scheduler, RNG, policy state."""
+        checkpoint = load_checkpoint(directory, model=self.model)
+        # A resize in the saved run replaced parameters: rebuild the optimizer over the loaded ones.
+        groups = self.method.param_groups(self.model, self.config.lr)
+        self.optimizer = make_optimizer(self.config, groups or self.model.parameters())
+        checkpoint.restore_optimizer(self.optimizer)
+        self.scheduler = make_scheduler(self.config, self.optimizer)
+        if self.scheduler is not None:
+            checkpoint.restore_scheduler(self.scheduler)
+        self.method.load_state_dict(checkpoint.method_state)
+        extra = checkpoint.extra
+        self.epoch, self.step = checkpoint.epoch, checkpoint.step
+        self.train_seconds = extra["train_seconds"]
+        self.initial_widths = extra["initial_widths"]
+        self.history = extra["history"]
+        self._position = extra.get("position")
+        checkpoint.restore_rng({"data": self.data_generator})
+        return checkpoint

@@ -1,0 +1,227 @@
+"""A run: data + model + method + trainer, and the directory it leaves behind.
+
+Everything the command line does is a call here, so a Python user gets the same behaviour::
+
+    from neuroplast.train.run import RunConfig, train_run
+    summary = train_run(RunConfig(dataset="digits", model="mlp", widths=[32], epochs=5,
+                                  out="runs/demo"))
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..core.checkpoint import write_atomic
+from ..data import DataSplits, load_dataset
+from ..export import export_onnx, export_torchscript
+from ..methods import build_method
+from ..models import build_model
+from .callbacks import Callback
+from .loop import TrainConfig, Trainer
+
+CONFIG_FILE = "config.json"
+SUMMARY_FILE = "summary.json"
+RUN_FILES = (CONFIG_FILE, SUMMARY_FILE, "metrics.jsonl", "report.md", "widths.png", "curves.png",
+             "params.png", "decision_boundary.png", "model.torchscript.pt", "model.onnx")
+RUN_DIRS = ("checkpoint", "tensorboard")
+
+
+class RunDirectoryError(ValueError):
+    """The output directory holds another run, or is not a run directory."""
+
+
+@dataclass
+class RunConfig:
+    """One experiment: what to train, on what, how, and where to write it."""
+
+    method: str = "fixed"
+    model: str = "mlp"
+    dataset: str = "digits"
+    data_dir: str | None = None
+    widths: list[int] | None = None
+    val_fraction: float | None = None
+    out: str | None = None
+    overwrite: bool = False
+    train: TrainConfig = field(default_factory=TrainConfig)
+    method_options: dict[str, Any] = field(default_factory=dict)
+    command: str | None = None
+
+    def run_dir(self) -> Path:
+        """``out``, or ``runs/<dataset>-<model>-<method>-s<seed>``."""
+        if self.out:
+            return Path(self.out)
+        return Path("runs") / f"{self.dataset}-{self.model}-{self.method}-s{self.train.seed}"
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, values: dict[str, Any]) -> RunConfig:
+        train_names = {f.name for f in fields(TrainConfig)}
+        saved = values.get("train", {})
+        train = TrainConfig(**{k: v for k, v in saved.items() if k in train_names})
+        names = {f.name for f in fields(cls)} - {"train"}
+        return cls(train=train, **{k: v for k, v in values.items() if k in names})
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch so a CPU run is repeatable."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirectoryError(f"output path {run_dir} exists and is not a directory")
+    markers = (CONFIG_FILE, SUMMARY_FILE, "checkpoint")
+    taken = [name for name in markers if (run_dir / name).exists()]
+    if taken and not overwrite:
+        raise RunDirectoryError(
+            f"output directory {run_dir} already holds a run ({', '.join(taken)}): pass "
+            f"--overwrite to replace it, `neuroplast resume {run_dir}` to continue it, or "
+            "choose another --out"
+        )
+    for name in RUN_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+    for name in RUN_DIRS:
+        shutil.rmtree(run_dir / name, ignore_errors=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _build(config: RunConfig, callbacks: Sequence[Callback] = ()) -> tuple[DataSplits, Trainer]:
+    config.train.validate()
+    seed_everything(config.train.seed)
+    data = load_dataset(config.dataset, config.data_dir, seed=config.train.seed,
+                        val_fraction=config.val_fraction)
+    options = {"widths": list(config.widths)} if config.widths is not None else {}
+    model = build_model(config.model, data.input_shape, data.num_classes, **options)
+    method = build_method(config.method, config.method_options)
+    trainer = Trainer(model, data, method, config.train, run_dir=config.run_dir(),
+                      callbacks=callbacks)
+    return data, trainer
+
+
+def train_run(config: RunConfig, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
+    """Train a new run into ``config.run_dir()``; returns the summary.
+
+    ``callbacks`` are extra :class:`Callback` objects (logging, custom stopping) run after the
+    method's own hooks.
+    """
+    run_dir = config.run_dir()
+    # Validate everything cheap before touching the directory, so a typo loses nothing.
+    config.train.validate()
+    build_method(config.method, config.method_options)
+    _prepare_run_dir(run_dir, config.overwrite)
+    _, trainer = _build(config, callbacks)
+    write_atomic(run_dir / CONFIG_FILE, json.dumps(config.to_json(), indent=1).encode())
+    trainer.fit()
+    return finish_run(config, trainer)
+
+
+def read_config(run_dir: str | Path) -> RunConfig:
+    """The configuration a run directory was trained with."""
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise RunDirectoryError(f"{run_dir} is not a neuroplast run directory: no {CONFIG_FILE}")
+    try:
+        return RunConfig.from_json(json.loads(path.read_text()))
+    except (json.JSONDecodeError, TypeError) as error:
+        raise RunDirectoryError(f"{path} is corrupt: {error}") from error
+
+
+def resume_run(
+    run_dir: str | Path, progress: bool | None = None, callbacks: Sequence[Callback] = ()
+) -> dict[str, Any]:
+    """Continue an interrupted run from its checkpoint to the planned number of epochs."""
+    config = read_config(run_dir)
+    config.out = str(run_dir)
+    if progress is not None:
+        config.train.progress = progress
+    _, trainer = _build(config, callbacks)
+    trainer.restore(Path(run_dir) / "checkpoint")
+    if trainer.epoch >= config.train.epochs and trainer._position is None:
+        raise RunDirectoryError(
+            f"the run in {run_dir} already finished its {trainer.epoch} epochs; nothing to resume "
+            f"(`neuroplast report {run_dir}` rewrites its report)"
+        )
+    trainer.fit()
+    return finish_run(config, trainer)
+
+
+def finish_run(config: RunConfig, trainer: Trainer) -> dict[str, Any]:
+    """Write summary.json, the decision-boundary plot (2-D data) and the report."""
+    run_dir = config.run_dir()
+    last = trainer.history[-1] if trainer.history else {}
+    summary = {
+        "method": config.method,
+        "model": config.model,
+        "dataset": config.dataset,
+        "seed": config.train.seed,
+        "epochs": trainer.epoch,
+        "planned_epochs": config.train.epochs,
+        "test_accuracy": last.get("test_accuracy"),
+        "test_loss": last.get("test_loss"),
+        "val_accuracy": last.get("val_accuracy"),
+        "layer_names": list(trainer.initial_widths),
+        "initial_widths": list(trainer.initial_widths.values()),
+        "final_widths": list(trainer.method.live_widths(trainer.model).values()),
+        "params": last.get("params"),
+        "macs": last.get("macs"),
+        "train_seconds": trainer.train_seconds,
+        "stopped_early": trainer.stopped_early,
+        "method_options": trainer.method.options(),
+        "command": config.command,
+    }
+    write_atomic(run_dir / SUMMARY_FILE, json.dumps(summary, indent=1).encode())
+    if config.dataset == "moons":
+        _plot_moons(trainer, run_dir)
+    from ..report import write_report
+
+    write_report(run_dir)
+    return summary
+
+
+def _plot_moons(trainer: Trainer, run_dir: Path) -> None:
+    from ..data.moons import moons_basis
+    from ..report.plots import matplotlib_available, plot_decision_boundary
+
+    if not matplotlib_available():
+        return
+    basis = moons_basis()
+    model = trainer.model.eval()
+
+    def predict(points: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            inputs = torch.as_tensor(points, dtype=torch.float32) @ basis
+            return torch.softmax(model(inputs), dim=1).numpy()
+
+    points = (trainer.data.x_test @ basis.T).numpy()
+    plot_decision_boundary(predict, points, trainer.data.y_test.numpy(),
+                           run_dir / "decision_boundary.png",
+                           title=f"{trainer.method.name}: test points and decision boundary")
+
+
+def export_run(run_dir: str | Path, fmt: str, output: str | Path | None = None) -> Path:
+    """Export a run's final model (compacted) to TorchScript or ONNX."""
+    if fmt not in ("torchscript", "onnx"):
+        raise ValueError(f"unknown export format '{fmt}'; choose torchscript or onnx")
+    config = read_config(run_dir)
+    config.out = str(run_dir)
+    config.train.progress = False
+    data, trainer = _build(config)
+    trainer.restore(Path(run_dir) / "checkpoint")
+    live = trainer.method.live_model(trainer.model)
+    if fmt == "torchscript":
+        target = Path(output or Path(run_dir) / "model.torchscript.pt")
+        return export_torchscript(live, target, data.input_shape)
+    return export_onnx(live, Path(output or Path(run_dir) / "model.onnx"), data.input_shape)

@@ -1,0 +1,94 @@
+"""The command line as a user meets it: jobs, recipes, exports, and every error message."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from neuroplast import cli
+
+MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
+TINY = ["--dataset", "digits", "--model", "mlp", "--widths", "8", "--epochs", "1",
+        "--no-progress"]
+
+
+def run(capsys, *args):
+    code = cli.main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_train_report_export_round(tmp_path, capsys):
+    code, out, _ = run(capsys, "train", *TINY, "--out", tmp_path / "run")
+    assert code == 0 and "test accuracy" in out
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["command"].startswith("neuroplast train --dataset digits")
+    code, out, _ = run(capsys, "report", tmp_path / "run")
+    assert code == 0 and out.strip().endswith("report.md")
+    code, out, _ = run(capsys, "export", tmp_path / "run", "--format", "torchscript")
+    assert code == 0
+    scripted = torch.jit.load(out.strip())
+    assert scripted(torch.zeros(3, 1, 8, 8)).shape == (3, 10)
+
+
+def test_recipe_file_and_typed_options_merge(tmp_path, capsys):
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text('dataset = "digits"\nmodel = "mlp"\nwidths = [5, 4]\nepochs = 2\n'
+                      'batch-size = 100\nprogress = false\n')
+    code, _, _ = run(capsys, "train", "--config", recipe, "--epochs", "1", "--out", tmp_path / "r")
+    assert code == 0
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert config["widths"] == [5, 4] and config["train"]["epochs"] == 1
+    assert config["train"]["batch_size"] == 100
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--method", "magic"], "unknown method 'magic'; choose one of: fixed"),
+        (["--model", "gpt5"], "unknown model 'gpt5'; choose one of: mlp"),
+        (["--dataset", "imagenet"], "imagenet"),
+        (["--epochs", "-2"], "epochs must be >= 1"),
+        (["--widths", "8,0"], "widths must be integers >= 1"),
+        (["--lr", "0"], "learning rate must be a positive number"),
+        (["--dataset", "mnist", "--data-dir", "/nonexistent/mnist"], "train-images-idx3-ubyte"),
+    ],
+)
+def test_bad_input_gets_a_clear_error(tmp_path, capsys, args, message):
+    code, _, err = run(capsys, "train", *TINY, *args, "--out", tmp_path / "run")
+    assert code == 2
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_an_occupied_output_directory_is_refused_unless_overwrite(tmp_path, capsys):
+    assert run(capsys, "train", *TINY, "--out", tmp_path)[0] == 0
+    code, _, err = run(capsys, "train", *TINY, "--out", tmp_path)
+    assert code == 2 and "--overwrite" in err and "resume" in err
+    assert run(capsys, "train", *TINY, "--out", tmp_path, "--overwrite")[0] == 0
+
+
+def test_commands_on_a_directory_that_is_not_a_run(tmp_path, capsys):
+    for command in ("resume", "export", "report"):
+        code, _, err = run(capsys, command, tmp_path)
+        assert code == 2 and "run" in err, command
+
+
+def test_method_option_of_another_method_is_refused():
+    with pytest.raises(ValueError, match="is an option of --method"):
+        cli.config_from_options({"method": "fixed", "npn.mode": "prune"})
+
+
+def test_no_arguments_means_the_default_job():
+    config = cli.config_from_options({})
+    assert (config.method, config.dataset) == (cli.DEFAULT_JOB["method"], "digits")
+
+
+@pytest.mark.skipif(not MNIST.is_dir(), reason="needs ../shared/data/mnist")
+def test_mnist_from_the_shared_copy_trains(tmp_path, capsys):
+    code, _, _ = run(capsys, "train", "--dataset", "mnist", "--data-dir", MNIST, "--model", "mlp",
+                     "--widths", "16", "--epochs", "1", "--batch-size", "512", "--no-progress",
+                     "--out", tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert code == 0 and summary["test_accuracy"] > 0.85

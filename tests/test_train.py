@@ -1,0 +1,138 @@
+"""The training loop: exact resume (after Ctrl-C and after a real kill), NaN handling, files."""
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from neuroplast.core.checkpoint import load_checkpoint
+from neuroplast.train import Callback
+from neuroplast.train.loop import TrainConfig
+from neuroplast.train.run import RunConfig, resume_run, train_run
+
+
+def _config(out, epochs=4, **train):
+    options = dict(epochs=epochs, batch_size=32, seed=3, progress=False)
+    options.update(train)
+    return RunConfig(method="fixed", model="mlp", dataset="digits", widths=[16],
+                     out=str(out), train=TrainConfig(**options))
+
+
+class InterruptAt(Callback):
+    """Raise ``error`` at a given epoch and batch, as Ctrl-C or a crash would."""
+
+    def __init__(self, epoch, batch, error=KeyboardInterrupt):
+        self.epoch, self.batch, self.error, self.seen = epoch, batch, error, 0
+
+    def on_epoch_begin(self, trainer, epoch):
+        self.seen = 0
+
+    def on_batch_begin(self, trainer, inputs, targets):
+        self.seen += 1
+        if trainer.epoch + 1 == self.epoch and self.seen == self.batch:
+            raise self.error()
+
+
+def _final_state(run_dir):
+    return load_checkpoint(run_dir / "checkpoint").model.state_dict()
+
+
+def _metrics(run_dir):
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    for row in rows:
+        row.pop("seconds")
+    return rows
+
+
+def _assert_same_run(a, b):
+    assert _metrics(a) == _metrics(b)
+    state_a, state_b = _final_state(a), _final_state(b)
+    assert state_a.keys() == state_b.keys()
+    for name in state_a:
+        assert torch.equal(state_a[name], state_b[name]), name
+
+
+def test_ctrl_c_saves_mid_epoch_and_resume_equals_an_uninterrupted_run(tmp_path):
+    train_run(_config(tmp_path / "straight"))
+    summary = train_run(_config(tmp_path / "cut"), callbacks=[InterruptAt(epoch=3, batch=7)])
+    assert summary["stopped_early"] == "interrupted" and summary["epochs"] == 2
+    assert load_checkpoint(tmp_path / "cut" / "checkpoint").extra["position"]["batch"] == 6
+    resumed = resume_run(tmp_path / "cut")
+    assert resumed["epochs"] == 4 and resumed["stopped_early"] is None
+    _assert_same_run(tmp_path / "straight", tmp_path / "cut")
+
+
+KILL_MID_EPOCH = textwrap.dedent(
+    """
+    import os, signal, sys
+    from neuroplast.train import Callback
+    from neuroplast.train.loop import TrainConfig
+    from neuroplast.train.run import RunConfig, train_run
+
+    class Kill(Callback):
+        def on_batch_end(self, trainer, loss):
+            if trainer.epoch == 2 and trainer.step % 45 == 5:   # in the middle of epoch 3
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    config = RunConfig(method="fixed", model="mlp", dataset="digits", widths=[16], out=sys.argv[1],
+                       train=TrainConfig(epochs=4, batch_size=32, seed=3, progress=False))
+    train_run(config, callbacks=[Kill()])
+    """
+)
+
+
+def test_killed_mid_epoch_then_resumed_equals_an_uninterrupted_run(tmp_path):
+    train_run(_config(tmp_path / "straight"))
+    done = subprocess.run([sys.executable, "-c", KILL_MID_EPOCH, str(tmp_path / "killed")])
+    assert done.returncode == -signal.SIGKILL
+    assert load_checkpoint(tmp_path / "killed" / "checkpoint").epoch == 2
+    resume_run(tmp_path / "killed")
+    _assert_same_run(tmp_path / "straight", tmp_path / "killed")
+
+
+class PoisonAt(Callback):
+    def on_epoch_begin(self, trainer, epoch):
+        if epoch == 3:
+            with torch.no_grad():
+                trainer.model.fc1.weight[0, 0] = float("nan")
+
+
+def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path):
+    summary = train_run(_config(tmp_path), callbacks=[PoisonAt()])
+    assert summary["stopped_early"].startswith("diverged")
+    assert "nan" in summary["stopped_early"] and "learning rate" in summary["stopped_early"]
+    checkpoint = load_checkpoint(tmp_path / "checkpoint")
+    assert checkpoint.epoch == 2
+    assert all(torch.isfinite(t).all() for t in checkpoint.model.state_dict().values())
+    assert (tmp_path / "report.md").exists()
+
+
+def test_run_directory_holds_what_it_promises(tmp_path):
+    summary = train_run(_config(tmp_path, epochs=2))
+    for name in ("summary.json", "metrics.jsonl", "config.json", "report.md", "widths.png",
+                 "checkpoint/checkpoint.json"):
+        assert (tmp_path / name).exists(), name
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert saved == summary
+    required = {"method", "model", "dataset", "seed", "epochs", "test_accuracy", "initial_widths",
+                "final_widths", "params", "macs", "train_seconds"}
+    assert required <= saved.keys()
+    assert saved["initial_widths"] == saved["final_widths"] == [16]
+    assert saved["params"] == 64 * 16 + 16 + 16 * 10 + 10
+    assert 0.5 < saved["test_accuracy"] <= 1.0
+
+
+def test_seeded_runs_repeat_exactly(tmp_path):
+    train_run(_config(tmp_path / "a", epochs=2))
+    train_run(_config(tmp_path / "b", epochs=2))
+    _assert_same_run(tmp_path / "a", tmp_path / "b")
+
+
+def test_resuming_a_finished_run_is_refused(tmp_path):
+    train_run(_config(tmp_path, epochs=1))
+    with pytest.raises(ValueError, match="already finished"):
+        resume_run(tmp_path)
