@@ -87,6 +87,9 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add("--out", default=s, help="run directory (default runs/<dataset>-<model>-<method>-s<seed>)")
     add("--overwrite", action="store_true", default=s, help="replace a run already in --out")
     add("--tensorboard", action="store_true", default=s, help="also log to TensorBoard")
+    add("--threads", type=int, default=s,
+        help="torch CPU threads (default: torch's choice; 1 is often fastest for small models "
+             "on a busy machine)")
     add("--no-progress", dest="progress", action="store_false", default=s,
         help="no progress bar or per-epoch lines")
     for method in METHODS:

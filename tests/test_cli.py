@@ -52,6 +52,7 @@ def test_recipe_file_and_typed_options_merge(tmp_path, capsys):
         (["--epochs", "-2"], "epochs must be >= 1"),
         (["--widths", "8,0"], "widths must be integers >= 1"),
         (["--lr", "0"], "learning rate must be a positive number"),
+        (["--threads", "0"], "threads must be >= 1"),
         (["--dataset", "mnist", "--data-dir", "/nonexistent/mnist"], "train-images-idx3-ubyte"),
     ],
 )

@@ -52,6 +52,7 @@ class TrainConfig:
     eval_batch_size: int = 1000
     progress: bool = True
     tensorboard: bool = False
+    threads: int | None = None  # torch CPU threads; None keeps torch's default
 
     def validate(self) -> None:
         """Raise ValueError naming the first inconsistent option."""
@@ -63,6 +64,8 @@ class TrainConfig:
             raise ValueError(f"learning rate must be a positive number, got {self.lr}")
         if self.weight_decay < 0 or not 0 <= self.momentum < 1:
             raise ValueError("weight decay must be >= 0 and momentum in [0, 1)")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer '{self.optimizer}'; choose one of {OPTIMIZERS}")
         if self.scheduler not in SCHEDULERS:
