@@ -32,20 +32,21 @@ DEFAULT_JOB = {"method": "fixed", "model": "mlp", "dataset": "digits", "widths":
 TRAIN_OPTIONS = {f.name for f in fields(TrainConfig)}
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        return [int(part) for part in str(text).split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected integers separated by commas, got '{text}'") from None
+def _list_of(cast, what: str):
+    """An argparse converter for comma-separated values such as ``300,100``."""
+
+    def convert(text: str) -> list:
+        try:
+            return [cast(part) for part in str(text).split(",") if part.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {what} separated by commas, got '{text}'") from None
+
+    return convert
 
 
-def _float_list(text: str) -> list[float]:
-    try:
-        return [float(part) for part in str(text).split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected numbers separated by commas, got '{text}'") from None
+_int_list = _list_of(int, "integers")
+_float_list = _list_of(float, "numbers")
 
 
 def _option_type(annotation: str):
