@@ -7,6 +7,7 @@ from typing import Any
 
 from ..train.callbacks import Method
 from .fixed import FixedWidth
+from .metanet import MetaNet
 
 METHODS: dict[str, type[Method]] = {}
 
@@ -42,6 +43,7 @@ def build_method(name: str, options: dict[str, Any] | None = None) -> Method:
 
 
 register_method(FixedWidth)
+register_method(MetaNet)
 
 __all__ = ["METHODS", "FixedWidth", "UnknownMethodError", "build_method", "method_fields",
            "register_method"]

@@ -1,0 +1,258 @@
+"""Benchmark of MetaNet: does a metabolising MLP find its width, and at what cost?
+
+Run ``python -m benchmarks.metanet`` for the quick grid (MNIST, one seed, 20 epochs; about 5
+minutes on 2 busy CPU cores with ``--jobs 2``; ``--datasets fashion-mnist`` for the same on
+Fashion-MNIST) or ``--full`` for the issue's grid (MNIST,
+Fashion-MNIST and CIFAR-10, seeds 0-2, a fixed-width sweep 8..2048). Every experiment is one
+``neuroplast train`` run; its row is written to ``benchmarks/results/metanet-<dataset>-<name>-
+e<epochs>-s<seed>.json`` as soon as it finishes, and experiments whose file exists are skipped,
+so an interrupted grid continues where it stopped. At the end the rows of the chosen grid are
+gathered (for every data set done so far) into ``metanet-<grid>.json`` and printed as a Markdown
+table (``--table`` only does that, without training), and ``metanet-<grid>-widths.png`` plots
+the width of the metabolising runs over the epochs, each proliferation and autophagy marked.
+
+Per run: test accuracy at the final epoch, final width, parameters, neuron-epochs (the sum over
+epochs of the hidden width trained in that epoch: the cost measure of the issue), epochs,
+wall-clock training time, the seed and the command that reproduces the run.
+
+Experiments per data set:
+
+- ``fixed-<w>``: fixed width ``w`` (quick: 8, 32, 128, 512; full: 8, 16, ..., 2048);
+- ``growth-<p>-from8``: proliferation ``p`` only (no autophagy) from 8 (quick: division);
+- ``metanet-<p>-from8`` / ``metanet-<p>-from1024``: full MetaNet, each proliferation method;
+- ``autophagy-from1024``: autophagy only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path("benchmarks/results")
+DATA_DIRS = {
+    "mnist": "/work/shared/data/mnist",
+    "fashion-mnist": "/work/shared/data/fashion-mnist",
+    "cifar10": "/work/shared/data/cifar10-jpeg.tar.gz",
+}
+PROLIFERATIONS = ("division", "gradient", "random")
+BATCH_SIZE = 128
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One training run of the grid."""
+
+    dataset: str
+    name: str
+    width: int
+    epochs: int
+    seed: int
+    method: str = "fixed"
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return f"metanet-{self.dataset}-{self.name}-e{self.epochs}-s{self.seed}"
+
+    def command(self, data_dir: str, runs_dir: str, threads: int) -> list[str]:
+        """The ``neuroplast train`` arguments that reproduce this run."""
+        args = ["neuroplast", "train", "--method", self.method, "--model", "mlp",
+                "--dataset", self.dataset, "--data-dir", data_dir, "--widths", str(self.width),
+                "--epochs", str(self.epochs), "--batch-size", str(BATCH_SIZE),
+                "--seed", str(self.seed), "--threads", str(threads), "--no-progress",
+                "--out", f"{runs_dir}/{self.key}", "--overwrite"]
+        for option, value in self.options.items():
+            flag = f"--metanet-{option.replace('_', '-')}"
+            if isinstance(value, bool):
+                args.append(flag if value else f"--no-metanet-{option.replace('_', '-')}")
+            else:
+                args += [flag, str(value)]
+        return args
+
+
+def grid(full: bool, datasets: list[str], seeds: list[int], epochs: int) -> list[Experiment]:
+    """The experiments of the quick or the full grid."""
+    widths = [8 * 2**i for i in range(9)] if full else [8, 32, 128, 512]
+    growth = PROLIFERATIONS if full else ("division",)
+    runs: list[tuple[str, int, str, dict[str, Any]]] = [
+        (f"fixed-{width}", width, "fixed", {}) for width in widths]
+    runs += [(f"growth-{p}-from8", 8, "metanet", {"proliferation": p, "autophagy": False})
+             for p in growth]
+    for p in PROLIFERATIONS:
+        runs += [(f"metanet-{p}-from{start}", start, "metanet", {"proliferation": p})
+                 for start in (8, 1024)]
+    runs.append(("autophagy-from1024", 1024, "metanet", {"proliferation": "none"}))
+    return [Experiment(dataset, name, width, epochs, seed, method, options)
+            for dataset in datasets for seed in seeds for name, width, method, options in runs]
+
+
+def run_experiment(experiment: Experiment, data_dir: str, runs_dir: str, threads: int,
+                   out_dir: str) -> dict[str, Any]:
+    """Train one experiment through the CLI's own code path and write its JSON row."""
+    from neuroplast.cli import build_parser, config_from_options
+    from neuroplast.train import run
+
+    args = experiment.command(data_dir, runs_dir, threads)
+    parsed = build_parser().parse_args(args[1:])
+    options = {k: v for k, v in vars(parsed).items() if k != "command"}
+    config = config_from_options(options, shlex.join(args))
+    started = time.perf_counter()
+    summary = run.train_run(config)
+    wall = time.perf_counter() - started
+    rows = [json.loads(line) for line in
+            (Path(config.run_dir()) / "metrics.jsonl").read_text().splitlines()]
+    widths, width, neuron_epochs = [], experiment.width, 0
+    for record in rows:
+        neuron_epochs += width  # the width trained during this epoch
+        width = record["widths"]["fc1"]
+        widths.append(width)
+    result = {
+        "key": experiment.key,
+        "dataset": experiment.dataset,
+        "experiment": experiment.name,
+        "method": experiment.method,
+        "options": experiment.options,
+        "seed": experiment.seed,
+        "start_width": experiment.width,
+        "final_width": summary["final_widths"][0],
+        "test_accuracy": summary["test_accuracy"],
+        "val_accuracy": summary["val_accuracy"],
+        "params": summary["params"],
+        "neuron_epochs": neuron_epochs,
+        "epochs": summary["epochs"],
+        "planned_epochs": experiment.epochs,
+        "train_seconds": round(summary["train_seconds"], 2),
+        "wall_seconds": round(wall, 2),
+        "stopped_early": summary["stopped_early"],
+        "widths": widths,
+        "events": [record["events"] for record in rows],
+        "command": shlex.join(args),
+        "threads": threads,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared)",
+        "torch_threads": threads,
+    }
+    target = Path(out_dir) / f"{experiment.key}.json"
+    tmp = target.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(target)  # a half-written row never looks finished
+    return result
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """Markdown table of result rows."""
+    lines = ["| data | experiment | seed | start | final width | test acc | params | "
+             "neuron-epochs | epochs | train s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(
+            f"| {row['dataset']} | {row['experiment']} | {row['seed']} | {row['start_width']} | "
+            f"{row['final_width']} | {row['test_accuracy']:.2%} | {row['params']:,} | "
+            f"{row['neuron_epochs']:,} | {row['epochs']} | {row['train_seconds']:.0f} |")
+    return "\n".join(lines)
+
+
+def plot_widths(rows: list[dict[str, Any]], path: Path) -> Path | None:
+    """Width over epochs of the resizing runs, proliferation (^) and autophagy (v) marked."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        return None
+    resizing = [row for row in rows if row["method"] == "metanet"]
+    datasets = sorted({row["dataset"] for row in resizing})
+    if not datasets:
+        return None
+    figure = Figure(figsize=(9, 4 * len(datasets)), layout="constrained")
+    FigureCanvasAgg(figure)
+    for index, dataset in enumerate(datasets, start=1):
+        axis = figure.add_subplot(len(datasets), 1, index)
+        for row in (r for r in resizing if r["dataset"] == dataset):
+            epochs = list(range(len(row["widths"]) + 1))
+            widths = [row["start_width"], *row["widths"]]
+            (line,) = axis.plot(epochs, widths, drawstyle="steps-post", linewidth=1.4,
+                                label=f"{row['experiment']} s{row['seed']}")
+            for epoch, events in enumerate(row["events"], start=1):
+                for event, marker in (("proliferation", "^"), ("autophagy", "v")):
+                    if any(text.startswith(event) for text in events):
+                        axis.plot([epoch], [row["widths"][epoch - 1]], marker=marker,
+                                  color=line.get_color(), markersize=6)
+        axis.set_yscale("log", base=2)
+        axis.set_title(f"MetaNet on {dataset}: hidden width (^ proliferation, v autophagy)")
+        axis.set_xlabel("epoch")
+        axis.set_ylabel("hidden units")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize="x-small", ncol=2)
+    figure.savefig(path, dpi=110)
+    return path
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--full", action="store_true",
+                        help="the issue's grid: 3 data sets, seeds 0-2, widths 8..2048")
+    parser.add_argument("--datasets", default=None,
+                        help="comma-separated (default: mnist; full: mnist,fashion-mnist,cifar10)")
+    parser.add_argument("--seeds", default=None, help="comma-separated (default 0; full 0,1,2)")
+    parser.add_argument("--epochs", type=int, default=20, help="epoch budget per run")
+    parser.add_argument("--only", default=None,
+                        help="run only experiments whose name contains this text")
+    parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (1 thread each)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    parser.add_argument("--out-dir", default=str(RESULTS), help="where the JSON rows go")
+    parser.add_argument("--runs-dir", default="/tmp/neuroplast-bench-metanet",
+                        help="run directories (checkpoints, reports)")
+    parser.add_argument("--table", action="store_true", help="only print the existing rows")
+    for dataset, path in DATA_DIRS.items():
+        parser.add_argument(f"--{dataset}-dir", default=path, help=f"{dataset} data")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    default_sets = "mnist,fashion-mnist,cifar10" if args.full else "mnist"
+    datasets = (args.datasets or default_sets).split(",")
+    seeds = [int(s) for s in (args.seeds or ("0,1,2" if args.full else "0")).split(",")]
+    experiments = [e for e in grid(args.full, datasets, seeds, args.epochs)
+                   if args.only is None or args.only in e.name]
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    todo = [e for e in experiments if not (out_dir / f"{e.key}.json").exists()]
+    if not args.table:
+        print(f"{len(experiments)} experiments, {len(experiments) - len(todo)} done, "
+              f"{len(todo)} to run", flush=True)
+        dirs = {d: getattr(args, f"{d.replace('-', '_')}_dir") for d in DATA_DIRS}
+        # The biggest runs first, so parallel jobs finish together.
+        todo.sort(key=lambda e: -e.width)
+        with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+            futures = {pool.submit(run_experiment, e, dirs[e.dataset], args.runs_dir,
+                                   args.threads, str(out_dir)): e for e in todo}
+            for future, experiment in futures.items():
+                row = future.result()
+                print(f"{experiment.key}: test {row['test_accuracy']:.2%}, width "
+                      f"{row['start_width']} -> {row['final_width']}, "
+                      f"{row['neuron_epochs']:,} neuron-epochs, {row['train_seconds']:.0f}s",
+                      flush=True)
+    # The summary covers every data set of the grid done so far, whichever ran this time.
+    done = [e for e in grid(args.full, list(DATA_DIRS), seeds, args.epochs)
+            if (args.only is None or args.only in e.name) and (out_dir / f"{e.key}.json").exists()]
+    rows = [json.loads((out_dir / f"{e.key}.json").read_text()) for e in done]
+    grid_name = "full" if args.full else "quick"
+    summary = {"grid": grid_name, "epochs": args.epochs, "batch_size": BATCH_SIZE,
+               "python": sys.version.split()[0], "rows": rows}
+    (out_dir / f"metanet-{grid_name}.json").write_text(json.dumps(summary, indent=1))
+    plot_widths(rows, out_dir / f"metanet-{grid_name}-widths.png")
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

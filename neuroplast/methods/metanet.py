@@ -1,0 +1,462 @@
+"""``metanet``: the Metabolize Neural Network (Dai et al., arXiv 1809.00837), reconstructed.
+
+Only the paper's abstract is available, so this is a reconstruction faithful to it (see
+``docs/metanet.md`` for every decision). A shallow network metabolises its hidden neurons in
+*cycles* of ``cycle_epochs`` epochs:
+
+1. train a cycle; during its last epoch, forward hooks gather each unit's mean |activation|,
+   mean activation and fraction of zero outputs (no extra forward pass);
+2. **autophagy**: a unit whose expression (mean |activation| x norm of its outgoing weights)
+   stays under ``autophagy_threshold`` x the layer's mean, or that is zero on at least
+   ``dead_fraction`` of the samples, for ``autophagy_patience`` consecutive cycles is removed;
+   newborns are protected for ``protect_cycles`` cycles, at most ``max_removal`` of a layer
+   goes per cycle, never below ``min_width``, and the removed units' mean contribution is folded
+   into the next layer's bias;
+3. **proliferation** when the growth trigger fires: ``max(growth_min, growth_fraction x
+   width)`` units by random birth, division or gradient-guided birth. The plateau trigger fires
+   when the cycle improved the best validation loss by less than ``plateau_threshold``, unless
+   the network is memorising (validation worse while training still improves by more than
+   that), the last growth has not yet paid off (no validation record since), or the layer
+   just lost neurons to autophagy (it has neurons to spare);
+4. repeat until the widths have not changed and the validation loss has not improved for
+   ``stable_cycles`` cycles, then fine-tune ``finetune_epochs`` at fixed width and stop; the
+   last ``finetune_epochs`` of the epoch budget are always fixed-width.
+
+Every resize is physical (the core's ``grow_units`` / ``prune_units`` / ``split_units``) with
+the trainer's optimizer carried along.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..core.groups import find_unit_groups
+from ..train.callbacks import Method
+from .expression import (
+    ExpressionMonitor,
+    UnitStats,
+    dense_group,
+    expression_scores,
+    remove_units,
+    select_autophagy,
+    under_expressed,
+)
+from .proliferation import divide, gradient_birth, random_birth, warm_second_moments
+
+if TYPE_CHECKING:
+    from ..train.loop import Trainer
+
+PROLIFERATIONS = ("division", "random", "gradient", "none")
+TRIGGERS = ("plateau", "schedule")
+PHASES = ("metabolism", "finetune", "done")
+
+
+def _option(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class MetaNet(Method):
+    """Proliferation and autophagy of hidden neurons in a metabolism cycle.
+
+    Example::
+
+        method = MetaNet(proliferation="gradient", cycle_epochs=1)
+        Trainer(build_model("mlp", (1, 28, 28), 10, widths=[8]), data, method,
+                TrainConfig(epochs=30)).fit()
+    """
+
+    name = "metanet"
+    description = "MetaNet: neurons proliferate and are removed by autophagy in cycles"
+
+    proliferation: str = _option(
+        "division", "how neurons are born: division (a copy of an expressed parent), random, "
+                    "gradient (GradMax-like) or none (autophagy only)")
+    autophagy: bool = _option(True, "remove under-expressed neurons")
+    layers: str = _option(
+        "first", "which hidden layers metabolise: first, all, or names like fc1,fc2")
+    cycle_epochs: int = _option(1, "epochs per metabolism cycle")
+    trigger: str = _option(
+        "plateau", "when to proliferate: plateau (the validation loss stalled) or schedule "
+                   "(every cycle for the first schedule-cycles cycles)")
+    plateau_threshold: float = _option(
+        0.1, "trigger plateau: grow when a cycle improves the best validation loss by less "
+              "than this fraction (not when it got worse while the training loss still "
+              "improves by more: that network is memorising, not short of neurons)")
+    schedule_cycles: int = _option(5, "trigger schedule: grow at each of the first N cycles")
+    growth_fraction: float = _option(0.5, "neurons added per event, as a fraction of the width")
+    growth_min: int = _option(4, "at least this many neurons per proliferation event")
+    max_width: int = _option(4096, "never grow a layer beyond this width")
+    division_noise: float = _option(
+        0.05, "division: std of the noise on the copy's fan-in, relative to std(W_in)")
+    birth_fanout_std: float = _option(
+        0.0, "random birth: fan-out std relative to std(W_out) (0 keeps outputs unchanged)")
+    gradient_eps: float = _option(
+        0.1, "gradient birth: bias of new units, in stds of the layer's pre-activations, so "
+             "ReLU passes their fan-in gradient (absorbed by the next bias: outputs unchanged)")
+    gradient_samples: int = _option(
+        1024, "gradient birth: training samples the gradient direction is estimated on")
+    autophagy_threshold: float = _option(
+        0.3, "a neuron is under-expressed below this fraction of its layer's mean expression")
+    dead_fraction: float = _option(
+        0.99, "...or when its activation is zero on at least this fraction of samples")
+    autophagy_patience: int = _option(
+        2, "remove a neuron after this many consecutive under-expressed cycles")
+    protect_cycles: int = _option(1, "newborn neurons are not judged for this many cycles")
+    max_removal: float = _option(0.3, "remove at most this fraction of a layer per cycle")
+    min_width: int = _option(8, "never shrink a layer below this width")
+    fold_bias: bool = _option(True, "fold removed neurons' mean output into the next bias")
+    warm_moments: bool = _option(
+        True, "random and gradient births start with their layer's mean Adam second moment, "
+              "not zero (division copies keep zero: their larger first steps help them "
+              "diverge from their parents)")
+    stable_cycles: int = _option(
+        3, "stop metabolising after this many cycles without a size change or a validation "
+           "improvement")
+    finetune_epochs: int = _option(2, "fixed-width epochs that close the run")
+
+    def __post_init__(self) -> None:
+        self._check_options()
+        self._monitor = ExpressionMonitor()
+        self._layers: list[str] = []
+        self._units: dict[str, dict[str, torch.Tensor]] = {}  # age, low per layer
+        self._phase = "metabolism"
+        self._cycle = 0
+        self._finetune_until = 0
+        self._best_val: float | None = None
+        self._last_train: float | None = None
+        self._stable = 0
+        self._since_improvement = 0
+        self._growth_events = 0
+        self._growth_paid = True
+        self._births = 0
+        self._deaths = 0
+        self._neuron_epochs = 0
+        self._epoch_births = 0
+        self._epoch_deaths = 0
+        self._val_improvement = math.nan
+        self._train_improvement = math.nan
+
+    # ------------------------------------------------------------------ options
+    def _check_options(self) -> None:
+        def fail(option: str, why: str) -> None:
+            value = getattr(self, option)
+            raise ValueError(f"--metanet-{option.replace('_', '-')} {why}, got {value!r}")
+
+        def number(option: str) -> float:
+            value = getattr(self, option)
+            if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+                fail(option, "must be a number")
+            return value
+
+        def integer(option: str, low: int) -> None:
+            value = getattr(self, option)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                fail(option, f"must be an integer >= {low}")
+
+        if self.proliferation not in PROLIFERATIONS:
+            fail("proliferation", f"must be one of {', '.join(PROLIFERATIONS)}")
+        if self.trigger not in TRIGGERS:
+            fail("trigger", f"must be one of {', '.join(TRIGGERS)}")
+        for option in ("autophagy", "fold_bias", "warm_moments"):
+            if not isinstance(getattr(self, option), bool):
+                fail(option, "must be true or false")
+        if not isinstance(self.layers, str) or not self.layers.strip():
+            fail("layers", "must be 'first', 'all' or comma-separated layer names")
+        for option, low in (("cycle_epochs", 1), ("schedule_cycles", 0), ("growth_min", 1),
+                            ("max_width", 1), ("gradient_samples", 1), ("autophagy_patience", 1),
+                            ("protect_cycles", 0), ("min_width", 1), ("stable_cycles", 1),
+                            ("finetune_epochs", 0)):
+            integer(option, low)
+        for option in ("plateau_threshold", "growth_fraction",
+                       "division_noise", "birth_fanout_std", "autophagy_threshold"):
+            if number(option) < 0:
+                fail(option, "must be >= 0")
+        if not 0 < number("gradient_eps") < math.inf:
+            fail("gradient_eps", "must be a positive number")
+        if not 0 < number("dead_fraction") <= 1:
+            fail("dead_fraction", "must be in (0, 1]")
+        if not 0 <= number("max_removal") <= 1:
+            fail("max_removal", "must be in [0, 1]")
+        if self.min_width > self.max_width:
+            fail("min_width", f"must not exceed --metanet-max-width ({self.max_width})")
+
+    def _resolve_layers(self, model: torch.nn.Module) -> list[str]:
+        groups = find_unit_groups(model)
+        spec = self.layers.strip()
+        if spec == "first":
+            names = list(groups)[:1]
+        elif spec == "all":
+            names = list(groups)
+        else:
+            names = [name.strip() for name in spec.split(",") if name.strip()]
+            unknown = [name for name in names if name not in groups]
+            if unknown:
+                raise ValueError(f"--metanet-layers names {unknown}, which are not resizable "
+                                 f"layers of this model; its layers are {list(groups)}")
+        if not names:
+            raise ValueError("metanet found no resizable hidden layer in this model")
+        for name in names:
+            dense_group(model, name)  # clear error for conv layers
+        return names
+
+    # ------------------------------------------------------------------ hooks
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Check the layers to metabolise exist and are fully connected (no change)."""
+        self._resolve_layers(model)
+        return model
+
+    def on_train_begin(self, trainer: Trainer) -> None:
+        self._layers = self._resolve_layers(trainer.model)
+        for layer in self._layers:
+            width = dense_group(trainer.model, layer).width
+            units = self._units.get(layer)
+            if units is None or units["age"].numel() != width:
+                # Starting units count as grown-up: a dead one may go after the first cycles.
+                self._units[layer] = {
+                    "age": torch.full((width,), self.protect_cycles, dtype=torch.long),
+                    "low": torch.zeros(width, dtype=torch.long),
+                }
+        self._monitor.attach(trainer.model, self._layers)
+        if self._phase == "done":
+            trainer.stop_training = True
+
+    def on_train_end(self, trainer: Trainer) -> None:
+        self._monitor.detach()
+
+    def on_epoch_begin(self, trainer: Trainer, epoch: int) -> None:
+        self._epoch_births = self._epoch_deaths = 0
+        # Statistics describe the network autophagy acts on, so only the cycle's last epoch.
+        self._monitor.active = self._phase == "metabolism" and self._cycle_ends(trainer, epoch)
+
+    def _cycle_ends(self, trainer: Trainer, epoch: int) -> bool:
+        # No event on the budget's last epoch: the logged metrics would describe another net.
+        last = trainer.config.epochs - max(self.finetune_epochs, 1)
+        return epoch % self.cycle_epochs == 0 and epoch <= last
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int) -> None:
+        self._neuron_epochs += sum(self._width(layer) for layer in self._layers)
+        self._monitor.active = False
+        if self._phase == "finetune":
+            if epoch >= self._finetune_until:
+                self._phase = "done"
+                trainer.stop_training = True
+            return
+        if self._phase != "metabolism" or not self._cycle_ends(trainer, epoch):
+            return
+        self._end_cycle(trainer, epoch)
+        next_end = epoch + self.cycle_epochs
+        if self._converged():
+            self._phase = "finetune"
+            self._finetune_until = epoch + self.finetune_epochs
+            trainer.log_event(f"metanet: widths stable, fine-tuning {self.finetune_epochs} epochs")
+            if self.finetune_epochs == 0:
+                self._phase = "done"
+                trainer.stop_training = True
+        elif not self._cycle_ends(trainer, next_end):
+            self._phase = "finetune"  # the budget leaves no room for another cycle
+            self._finetune_until = trainer.config.epochs
+
+    # ------------------------------------------------------------------ the cycle
+    def _width(self, layer: str) -> int:
+        return self._units[layer]["age"].numel()
+
+    def _end_cycle(self, trainer: Trainer, epoch: int) -> None:
+        self._cycle += 1
+        generator = torch.Generator().manual_seed(trainer.config.seed * 1_000_003 + epoch)
+        metrics = trainer.last_metrics
+        train_loss = float(metrics.get("train_loss", math.nan))
+        val_loss = float(metrics.get("val_loss", math.nan))
+        if not math.isfinite(val_loss):  # no validation split: the training loss stands in
+            val_loss = train_loss
+        self._val_improvement = _improvement(self._best_val, val_loss)
+        self._train_improvement = _improvement(self._last_train, train_loss)
+        if self._val_improvement > 0:
+            self._growth_paid = True  # a new validation record since the last growth
+        grow = self._growth_fires()
+
+        scores: dict[str, torch.Tensor] = {}
+        shrunk: set[str] = set()
+        for layer in self._layers:
+            units = self._units[layer]
+            units["age"] += 1
+            stats = self._monitor.stats.get(layer)
+            if stats is None or stats.width != units["age"].numel():
+                continue  # nothing measured (an empty epoch): judge nobody
+            scores[layer] = expression_scores(trainer.model, layer, stats.mean_abs())
+            if self.autophagy and self._autophagy(trainer, layer, stats, scores):
+                shrunk.add(layer)
+        changed = bool(shrunk)
+        if grow:
+            grown = False
+            for layer in self._layers:
+                # A layer with neurons to spare (it just lost some) is not short of neurons.
+                if layer not in shrunk or self.trigger == "schedule":
+                    grown |= self._proliferate(trainer, layer, scores.get(layer), generator)
+            self._growth_events += 1
+            self._growth_paid = not grown
+            changed |= grown
+        self._monitor.clear()
+
+        # The first cycle sets the first record, which counts as an improvement.
+        improved = math.isnan(self._val_improvement) or (
+            self._val_improvement >= self.plateau_threshold)
+        self._since_improvement = 0 if improved else self._since_improvement + 1
+        self._stable = 0 if changed else self._stable + 1
+        if self._best_val is None or val_loss < self._best_val:
+            self._best_val = val_loss
+        self._last_train = train_loss
+
+    def _growth_fires(self) -> bool:
+        if self.proliferation == "none":
+            return False
+        if self.trigger == "schedule":
+            return self._growth_events < self.schedule_cycles
+        # Plateau: needs a previous cycle to compare with.
+        val, train = self._val_improvement, self._train_improvement
+        if math.isnan(val) or math.isnan(train) or not self._growth_paid:
+            return False  # no reference yet, or the last growth has not paid off
+        memorising = val < 0 and train >= self.plateau_threshold
+        return val < self.plateau_threshold and not memorising
+
+    def _converged(self) -> bool:
+        return (self._stable >= self.stable_cycles
+                and self._since_improvement >= self.stable_cycles)
+
+    def _autophagy(
+        self, trainer: Trainer, layer: str, stats: UnitStats, scores: dict[str, torch.Tensor]
+    ) -> bool:
+        units = self._units[layer]
+        low = under_expressed(scores[layer], stats.zero_fraction(),
+                              threshold=self.autophagy_threshold,
+                              dead_fraction=self.dead_fraction)
+        eligible = units["age"] > self.protect_cycles
+        remove, units["low"] = select_autophagy(
+            scores[layer], low, eligible, units["low"], patience=self.autophagy_patience,
+            max_removal=self.max_removal, min_width=self.min_width)
+        if remove.numel() == 0:
+            return False
+        mean = stats.mean() if self.fold_bias else None
+        group = remove_units(trainer.model, layer, remove, mean_activation=mean,
+                             optimizer=trainer.optimizer)
+        keep = torch.ones(units["age"].numel(), dtype=torch.bool)
+        keep[remove] = False
+        for key in units:
+            units[key] = units[key][keep]
+        scores[layer] = scores[layer][keep]
+        self._deaths += remove.numel()
+        self._epoch_deaths += remove.numel()
+        trainer.log_event(f"autophagy: {layer} -{remove.numel()} to {group.width}")
+        return True
+
+    def _proliferate(
+        self, trainer: Trainer, layer: str, scores: torch.Tensor | None,
+        generator: torch.Generator,
+    ) -> bool:
+        width = self._width(layer)
+        n = max(self.growth_min, math.ceil(self.growth_fraction * width))
+        n = min(n, self.max_width - width)
+        if self.proliferation == "division":
+            n = min(n, width)
+        if n <= 0:
+            return False
+        model, optimizer = trainer.model, trainer.optimizer
+        if self.proliferation == "division":
+            group, _ = divide(model, layer, n, scores=scores, noise=self.division_noise,
+                              optimizer=optimizer, generator=generator)
+        elif self.proliferation == "random":
+            group = random_birth(model, layer, n, fanout_std=self.birth_fanout_std,
+                                 optimizer=optimizer, generator=generator)
+        else:
+            data = trainer.data
+            count = min(self.gradient_samples, len(data.y_train))
+            index = torch.randperm(len(data.y_train), generator=generator)[:count]
+            group = gradient_birth(model, layer, n, inputs=data.x_train[index],
+                                   targets=data.y_train[index], eps=self.gradient_eps,
+                                   optimizer=optimizer, generator=generator)
+        if self.warm_moments and self.proliferation != "division":
+            warm_second_moments(model, layer, width, optimizer)
+        units = self._units[layer]
+        units["age"] = torch.cat([units["age"], torch.zeros(n, dtype=torch.long)])
+        units["low"] = torch.cat([units["low"], torch.zeros(n, dtype=torch.long)])
+        self._births += n
+        self._epoch_births += n
+        trainer.log_event(f"proliferation ({self.proliferation}): {layer} +{n} to {group.width}")
+        return True
+
+    # ------------------------------------------------------------------ reporting and state
+    def metrics(self, trainer: Trainer) -> dict[str, float]:
+        return {
+            "cycle": self._cycle,
+            "phase": PHASES.index(self._phase),
+            "births": self._epoch_births,
+            "deaths": self._epoch_deaths,
+            "total_births": self._births,
+            "total_deaths": self._deaths,
+            "neuron_epochs": self._neuron_epochs,
+        } | {  # the improvements exist from the second cycle on
+            key: value for key, value in (("val_improvement", self._val_improvement),
+                                          ("train_improvement", self._train_improvement))
+            if not math.isnan(value)
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "layers": list(self._layers),
+            "units": {layer: dict(units) for layer, units in self._units.items()},
+            "stats": {layer: s.to_state() for layer, s in self._monitor.stats.items()},
+            "phase": self._phase,
+            "cycle": self._cycle,
+            "finetune_until": self._finetune_until,
+            "best_val": self._best_val,
+            "last_train": self._last_train,
+            "stable": self._stable,
+            "since_improvement": self._since_improvement,
+            "growth_events": self._growth_events,
+            "growth_paid": self._growth_paid,
+            "births": self._births,
+            "deaths": self._deaths,
+            "neuron_epochs": self._neuron_epochs,
+            "val_improvement": _json_float(self._val_improvement),
+            "train_improvement": _json_float(self._train_improvement),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._layers = list(state["layers"])
+        self._units = {layer: {k: v.clone() for k, v in units.items()}
+                       for layer, units in state["units"].items()}
+        self._monitor.stats = {layer: UnitStats.from_state(s)
+                               for layer, s in state["stats"].items()}
+        self._phase = state["phase"]
+        self._cycle = state["cycle"]
+        self._finetune_until = state["finetune_until"]
+        self._best_val = state["best_val"]
+        self._last_train = state["last_train"]
+        self._stable = state["stable"]
+        self._since_improvement = state["since_improvement"]
+        self._growth_events = state["growth_events"]
+        self._growth_paid = state["growth_paid"]
+        self._births = state["births"]
+        self._deaths = state["deaths"]
+        self._neuron_epochs = state["neuron_epochs"]
+        self._val_improvement = _float(state["val_improvement"])
+        self._train_improvement = _float(state["train_improvement"])
+
+
+def _improvement(previous: float | None, current: float) -> float:
+    """Relative decrease from ``previous`` to ``current`` (NaN without a previous value)."""
+    if previous is None or not math.isfinite(previous) or previous == 0:
+        return math.nan
+    return (previous - current) / abs(previous)
+
+
+def _json_float(value: float) -> float | None:
+    return None if math.isnan(value) else value
+
+
+def _float(value: float | None) -> float:
+    return math.nan if value is None else float(value)

@@ -1,0 +1,249 @@
+"""Neuron proliferation for MetaNet: three ways to add units to a fully connected layer.
+
+- :func:`random_birth`: fresh fan-in (PyTorch's default init), zero (or tiny random) fan-out,
+  so the network computes the same function the moment the units appear.
+- :func:`divide`: parents chosen in proportion to their expression split into two copies that
+  share the parent's fan-out (Net2Net widening); noise on the copy's fan-in breaks the symmetry.
+  Function-preserving up to that noise, exactly with noise 0.
+- :func:`gradient_birth`: GradMax-like. Zero fan-in, fan-out along the top left singular vectors
+  of ``G = sum_n delta_n x_n^T`` (back-propagated gradient at the consumer's output times the
+  layer's input), the directions that give the new fan-in the largest gradient.
+
+ReLU and gradient-guided birth: with a zero fan-in the pre-activation is 0, where ReLU's
+derivative is 0, so the new fan-in would never receive a gradient. Here the new units get a
+positive *bias* ``eps`` instead: every sample sees the pre-activation ``eps > 0``, the
+activation's derivative is 1, and the fan-in gradient is exactly the linearised GradMax one.
+The units then output the constant ``act(eps)``, which the consumer's bias absorbs
+(``b_out -= fan_out @ act(eps)``), so the function is preserved exactly whatever ``eps`` is.
+That freedom is used: ``eps`` is measured in stds of the layer's pre-activations (default
+0.1), not a tiny absolute number, so the first optimizer steps on the fan-in (which move the
+pre-activation by far more than 0.01) do not switch the unit off on half the inputs at once.
+
+Adam and newborn units: the core gives new units zero optimizer state, but Adam's step count
+(and so its bias correction) is shared by the whole tensor. A unit born at step t then gets
+steps up to ~5x larger than lr for its first hundreds of steps (its second moment is still
+near zero while the correction assumes t steps of history), which drives fresh ReLU units
+dead. :func:`warm_second_moments` gives them their layer's mean second moment instead.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..core.groups import UnitGroup
+from ..core.optim import OptimizerArg, as_optimizer_list
+from ..core.resize import grow_units, split_units
+from .expression import dense_group
+
+
+def warm_second_moments(
+    model: nn.Module, layer: str, first_new: int, optimizer: OptimizerArg
+) -> None:
+    """Set Adam's second moments of units ``first_new:`` to the mean of the older units'.
+
+    Applies to the layer's weight rows and bias and to the consumer's columns; optimizers
+    without ``exp_avg_sq`` (SGD) are left alone. First moments stay zero.
+    """
+    group = dense_group(model, layer)
+    for optim in as_optimizer_list(optimizer):
+        for coupled in group.tensors:
+            if coupled.role == "per_unit":
+                continue
+            state = optim.state.get(getattr(coupled.module, coupled.tensor_name), {})
+            for key in ("exp_avg_sq", "max_exp_avg_sq"):
+                moment = state.get(key)
+                if moment is None or first_new < 1:
+                    continue
+                old = moment.narrow(coupled.dim, 0, first_new)
+                new = moment.narrow(coupled.dim, first_new, moment.shape[coupled.dim] - first_new)
+                new.copy_(old.mean(coupled.dim, keepdim=True).expand_as(new))
+
+
+def random_birth(
+    model: nn.Module,
+    layer: str,
+    n: int,
+    *,
+    fanout_std: float = 0.0,
+    optimizer: OptimizerArg = None,
+    generator: torch.Generator | None = None,
+) -> UnitGroup:
+    """Append ``n`` units with PyTorch's default fan-in and zero fan-out.
+
+    ``fanout_std > 0`` draws the fan-out from N(0, (fanout_std * std(W_out))^2) instead: the
+    outputs then move a little at birth, in exchange for a gradient on the fan-in at once.
+    """
+    group = dense_group(model, layer)
+    fan_out = None
+    if fanout_std > 0:
+        weight = group.consumer.weight.detach()
+        scale = fanout_std * float(weight.std()) if weight.numel() > 1 else fanout_std
+        fan_out = torch.randn(weight.shape[0], n, generator=generator, dtype=weight.dtype) * scale
+    return grow_units(model, layer, n, fan_out=fan_out, optimizer=optimizer, generator=generator)
+
+
+def choose_parents(
+    scores: torch.Tensor, n: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """``n`` distinct units drawn with probability proportional to ``scores`` (uniform if all 0)."""
+    weights = scores.double().clamp_min(0)
+    if not torch.isfinite(weights).all() or weights.sum() <= 0:
+        weights = torch.ones_like(weights)
+    # Units with zero expression can still be drawn once the expressed ones run out.
+    weights = weights + weights.max() * 1e-6
+    return torch.multinomial(weights, n, replacement=False, generator=generator).sort().values
+
+
+def divide(
+    model: nn.Module,
+    layer: str,
+    n: int,
+    *,
+    scores: torch.Tensor | None = None,
+    noise: float = 0.05,
+    optimizer: OptimizerArg = None,
+    generator: torch.Generator | None = None,
+) -> tuple[UnitGroup, torch.Tensor]:
+    """Split ``n`` parents (drawn in proportion to ``scores``) into two copies each.
+
+    The copy gets the parent's fan-in plus Gaussian noise of ``noise * std(W_in)``; parent and
+    copy each keep half the parent's fan-out. Returns the group and the parents' indices.
+    At most every unit divides once per call, so ``n`` is capped at the current width.
+    """
+    group = dense_group(model, layer)
+    width = group.width
+    if not 1 <= n <= width:
+        raise ValueError(f"division of layer '{layer}' needs 1..{width} parents, got {n}")
+    scores = torch.ones(width) if scores is None else scores
+    parents = choose_parents(scores, n, generator)
+    weight = group.producer.weight.detach()
+    noise_std = noise * float(weight.std()) if weight.numel() > 1 else noise
+    group = split_units(model, layer, parents, noise_std=noise_std, optimizer=optimizer,
+                        generator=generator)
+    return group, parents
+
+
+def gradient_matrix(
+    model: nn.Module, layer: str, inputs: torch.Tensor, targets: torch.Tensor
+) -> torch.Tensor:
+    """``G = sum_n delta_n x_n^T`` for the mean cross-entropy on ``(inputs, targets)``.
+
+    ``x_n`` is the layer's input and ``delta_n`` the gradient at its consumer's output. A new
+    unit with fan-out column ``w`` and (linearised) zero fan-in gets the fan-in gradient
+    ``w^T G``. The model runs in eval mode (no dropout noise, no BatchNorm statistics update)
+    and no parameter's ``.grad`` is touched.
+    """
+    return _gradient_and_input(model, layer, inputs, targets)[0]
+
+
+def _gradient_and_input(
+    model: nn.Module, layer: str, inputs: torch.Tensor, targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    group = dense_group(model, layer)
+    captured: dict[str, torch.Tensor] = {}
+
+    def take_input(module, args, output):
+        captured["x"] = args[0].detach()
+
+    def take_output(module, args, output):
+        captured["y"] = output
+
+    handles = [group.producer.register_forward_hook(take_input),
+               group.consumer.register_forward_hook(take_output)]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad():
+            loss = F.cross_entropy(model(inputs), targets)
+            (delta,) = torch.autograd.grad(loss, captured["y"])
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    x = captured["x"].reshape(len(inputs), -1)
+    return delta.reshape(len(inputs), -1).double().T @ x.double(), x
+
+
+def gradient_fan_out(
+    g: torch.Tensor, n: int, scale: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Fan-out columns (``outputs x n``) that maximise the new fan-in's gradient norm.
+
+    The first ``min(n, rank G)`` columns are G's top left singular vectors (GradMax's optimum
+    under orthonormal fan-outs). ``G`` has rank at most its number of rows (10 for a classifier
+    head), so further units get random mixtures of the singular vectors weighted by their
+    singular values: still gradient-aligned, and all distinct so no two units stay twins.
+    Every column has norm ``scale``.
+    """
+    u, s, _ = torch.linalg.svd(g, full_matrices=False)
+    rank = int((s > s[0] * 1e-9).sum()) if s.numel() and s[0] > 0 else 0
+    if rank == 0:  # no gradient at all (a perfectly fit batch): any direction is as good
+        columns = torch.randn(g.shape[0], n, generator=generator, dtype=g.dtype)
+    else:
+        top = min(n, rank)
+        columns = u[:, :top]
+        if n > top:
+            mix = torch.randn(rank, n - top, generator=generator, dtype=g.dtype)
+            extra = u[:, :rank] @ (s[:rank, None] / s[0] * mix)
+            columns = torch.cat([columns, extra], dim=1)
+    return columns / columns.norm(dim=0).clamp_min(1e-30) * scale
+
+
+def gradient_birth(
+    model: nn.Module,
+    layer: str,
+    n: int,
+    *,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    eps: float = 0.1,
+    relative_eps: bool = True,
+    scale: float | None = None,
+    optimizer: OptimizerArg = None,
+    generator: torch.Generator | None = None,
+) -> UnitGroup:
+    """Append ``n`` units with zero fan-in and gradient-maximising fan-out (GradMax-like).
+
+    Args:
+        inputs, targets: the data the gradient is estimated on.
+        eps: bias of the new units, so ReLU-like activations are active and pass the gradient
+            (see the module docstring); the constant they then output is absorbed by the
+            consumer's bias, so outputs do not change. With ``relative_eps`` (default) it is
+            in units of the std of the layer's current pre-activations on ``inputs``.
+        scale: norm of each new fan-out column; default the mean norm of the existing columns,
+            so new units start as strong as an average unit.
+    """
+    group = dense_group(model, layer)
+    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for _, m in group.path):
+        raise ValueError(f"gradient-guided birth needs no BatchNorm after layer '{layer}' (it "
+                         "normalises the new units' constant output away); use division")
+    if group.consumer.bias is None:
+        raise ValueError(f"gradient-guided birth folds a constant into the bias of "
+                         f"'{group.consumer_name}', which has none")
+    weight = group.consumer.weight.detach()
+    if scale is None:
+        scale = float(weight.norm(dim=0).mean())
+    g, x = _gradient_and_input(model, layer, inputs, targets)
+    fan_out = gradient_fan_out(g, n, scale, generator).to(weight.dtype)
+    producer = group.producer.weight
+    if relative_eps:
+        with torch.no_grad():
+            eps = eps * float(group.producer(x.to(producer.dtype)).std())
+    fan_in = torch.zeros(n, producer.shape[1], dtype=producer.dtype)
+    bias = torch.full((n,), float(eps), dtype=producer.dtype)
+    # What the consumer reads from a unit whose pre-activation is the constant eps.
+    constant = bias[None, :]
+    was_training = [m.training for _, m in group.path]
+    with torch.no_grad():
+        for _, module in group.path:
+            module.eval()
+            constant = module(constant)
+        for (_, module), mode in zip(group.path, was_training, strict=True):
+            module.train(mode)
+    group = grow_units(model, layer, n, fan_in=fan_in, bias=bias, fan_out=fan_out,
+                       optimizer=optimizer)
+    with torch.no_grad():
+        group.consumer.bias -= (fan_out.double() @ constant[0].double()).to(weight.dtype)
+    return group

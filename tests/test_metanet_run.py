@@ -1,0 +1,139 @@
+"""MetaNet inside real runs: reproducibility, exact resume, recipes and the command line."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from neuroplast import cli
+from neuroplast.core.checkpoint import load_checkpoint
+from neuroplast.methods import build_method
+from neuroplast.train import Callback
+from neuroplast.train.loop import TrainConfig
+from neuroplast.train.run import RunConfig, resume_run, train_run
+
+RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("metanet-*.toml"))
+
+# Small enough for a second per run, busy enough that every kind of event happens.
+BUSY = {"trigger": "schedule", "schedule_cycles": 3, "growth_fraction": 0.5, "growth_min": 2,
+        "autophagy_threshold": 0.6, "autophagy_patience": 1, "protect_cycles": 0,
+        "min_width": 4, "finetune_epochs": 1}
+
+
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    # The runs use one thread (fastest for tiny models); leave torch as other tests found it.
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def _config(out, proliferation="division", epochs=6, **options):
+    method_options = {**BUSY, "proliferation": proliferation, **options}
+    return RunConfig(method="metanet", model="mlp", dataset="digits", widths=[8], out=str(out),
+                     method_options=method_options,
+                     train=TrainConfig(epochs=epochs, batch_size=64, seed=5, progress=False,
+                                       threads=1))
+
+
+class InterruptAt(Callback):
+    """Raise KeyboardInterrupt at a given epoch and batch, as Ctrl-C would."""
+
+    def __init__(self, epoch, batch):
+        self.epoch, self.batch, self.seen = epoch, batch, 0
+
+    def on_epoch_begin(self, trainer, epoch):
+        self.seen = 0
+
+    def on_batch_begin(self, trainer, inputs, targets):
+        self.seen += 1
+        if trainer.epoch + 1 == self.epoch and self.seen == self.batch:
+            raise KeyboardInterrupt
+
+
+def _metrics(run_dir):
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    for row in rows:
+        row.pop("seconds")
+    return rows
+
+
+def _assert_same_run(a, b):
+    assert _metrics(a) == _metrics(b)
+    state_a = load_checkpoint(a / "checkpoint").model.state_dict()
+    state_b = load_checkpoint(b / "checkpoint").model.state_dict()
+    assert state_a.keys() == state_b.keys()
+    for name in state_a:
+        assert torch.equal(state_a[name], state_b[name]), name
+
+
+def _events(run_dir):
+    return [event for row in _metrics(run_dir) for event in row["events"]]
+
+
+@pytest.mark.parametrize("proliferation", ["division", "random", "gradient"])
+def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tmp_path, proliferation):
+    straight = train_run(_config(tmp_path / "straight", proliferation))
+    events = _events(tmp_path / "straight")
+    assert any("proliferation" in e for e in events) and any("autophagy" in e for e in events)
+    assert len({row["widths"]["fc1"] for row in _metrics(tmp_path / "straight")}) > 2
+    # Ctrl-C in the middle of a cycle's statistics, then again at an epoch boundary.
+    cut = tmp_path / "cut"
+    summary = train_run(_config(cut, proliferation), callbacks=[InterruptAt(epoch=3, batch=5)])
+    assert summary["stopped_early"] == "interrupted"
+    assert load_checkpoint(cut / "checkpoint").method_state["stats"]["fc1"]["count"] > 0
+    summary = resume_run(cut, callbacks=[InterruptAt(epoch=5, batch=1)])
+    assert summary["stopped_early"] == "interrupted"
+    resumed = resume_run(cut)
+    assert resumed["stopped_early"] is None and resumed["final_widths"] == straight["final_widths"]
+    _assert_same_run(tmp_path / "straight", cut)
+
+
+def test_seeded_metanet_runs_repeat_exactly(tmp_path):
+    train_run(_config(tmp_path / "a", "gradient", epochs=4))
+    train_run(_config(tmp_path / "b", "gradient", epochs=4))
+    _assert_same_run(tmp_path / "a", tmp_path / "b")
+
+
+def test_a_converged_run_stops_early_and_logs_neuron_epochs(tmp_path):
+    config = _config(tmp_path, "none", epochs=12, autophagy=False, stable_cycles=2,
+                     plateau_threshold=1.0)
+    summary = train_run(config)
+    rows = _metrics(tmp_path)
+    # Every cycle counts as "no improvement" at threshold 1.0, so: cycles 1-3, fine-tune 4.
+    assert summary["epochs"] == 4 and summary["stopped_early"] is None
+    assert [row["method"]["phase"] for row in rows] == [0, 0, 1, 2]
+    assert rows[-1]["method"]["neuron_epochs"] == 4 * 8
+
+
+def test_command_line_trains_metanet_and_rejects_bad_options(tmp_path, capsys):
+    base = ["train", "--method", "metanet", "--dataset", "digits", "--widths", "8", "--epochs",
+            "3", "--no-progress", "--threads", "1", "--metanet-proliferation", "gradient",
+            "--metanet-trigger", "schedule", "--out", str(tmp_path / "ok")]
+    assert cli.main(base) == 0
+    config = json.loads((tmp_path / "ok" / "config.json").read_text())
+    assert config["method_options"] == {"proliferation": "gradient", "trigger": "schedule"}
+    assert json.loads((tmp_path / "ok" / "summary.json").read_text())["final_widths"] == [12]
+    capsys.readouterr()
+    bad = base[:-1] + [str(tmp_path / "bad"), "--metanet-proliferation", "mitosis"]
+    assert cli.main(bad) == 2
+    assert "--metanet-proliferation must be one of division" in capsys.readouterr().err
+    bad = base[:-1] + [str(tmp_path / "bad2"), "--metanet-layers", "fc7"]
+    assert cli.main(bad) == 2
+    assert "--metanet-layers names ['fc7']" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=[path.stem for path in RECIPES])
+def test_recipes_are_valid_metanet_jobs(recipe):
+    config = cli.config_from_options({"config": str(recipe)})
+    assert config.method == "metanet" and config.dataset in ("mnist", "fashion-mnist", "cifar10")
+    assert config.widths in ([8], [1024])
+    build_method(config.method, config.method_options)
+
+
+def test_there_are_recipes_for_every_data_set_and_both_starting_sizes():
+    names = {path.stem for path in RECIPES}
+    for dataset in ("mnist", "fashion-mnist", "cifar10"):
+        for start in ("8", "1024"):
+            assert f"metanet-{dataset}-from{start}" in names
