@@ -25,9 +25,10 @@ from .models import MODELS
 from .train.loop import OPTIMIZERS, SCHEDULERS, TrainConfig
 from .train.run import RunConfig, RunDirectoryError
 
-# What `neuroplast train` with no arguments runs: a complete small job on bundled data.
-DEFAULT_JOB = {"method": "fixed", "model": "mlp", "dataset": "digits", "widths": [64],
-               "epochs": 20, "out": "runs/default"}
+# What `neuroplast train` with no arguments runs: a complete small self-sizing job on bundled
+# data (no download): MetaNet grows an MLP from 8 hidden neurons on the 8x8 digits.
+DEFAULT_JOB = {"method": "metanet", "model": "mlp", "dataset": "digits", "widths": [8],
+               "epochs": 30, "lr": 0.01, "scheduler": "cosine", "out": "runs/default"}
 
 TRAIN_OPTIONS = {f.name for f in fields(TrainConfig)}
 
