@@ -46,6 +46,7 @@ CONTINUE_IN_FRESH_PROCESS = textwrap.dedent(
     import sys, torch, safetensors.torch
     from torch import nn
     import neuroplast as npl
+    torch.set_num_threads(1)  # as the parent test runs: same float reduction order
     ckpt = npl.load_checkpoint(sys.argv[1])
     model = ckpt.model
     optimizer = ckpt.build_optimizer()

@@ -21,12 +21,6 @@ BUSY = {"trigger": "schedule", "schedule_cycles": 3, "growth_fraction": 0.5, "gr
         "min_width": 4, "finetune_epochs": 1}
 
 
-@pytest.fixture(autouse=True)
-def _keep_torch_threads():
-    # The runs use one thread (fastest for tiny models); leave torch as other tests found it.
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 def _config(out, proliferation="division", epochs=6, **options):

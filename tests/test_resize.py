@@ -164,3 +164,10 @@ def test_set_layer_widths_draws_no_random_numbers():
     state = torch.get_rng_state()
     npl.set_layer_widths(model, {"0": 9})
     assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_grow_with_every_value_given_draws_no_random_numbers():
+    model = nn.Sequential(nn.Linear(3, 5), nn.ReLU(), nn.Linear(5, 2))
+    state = torch.get_rng_state()
+    npl.grow_units(model, "0", 2, fan_in=torch.ones(2, 3), bias=torch.zeros(2))
+    assert torch.equal(torch.get_rng_state(), state)

@@ -16,7 +16,7 @@ from neuroplast.train.run import RunConfig, resume_run, train_run
 
 
 def _config(out, epochs=4, **train):
-    options = dict(epochs=epochs, batch_size=32, seed=3, progress=False)
+    options = dict(epochs=epochs, batch_size=32, seed=3, progress=False, threads=1)
     options.update(train)
     return RunConfig(method="fixed", model="mlp", dataset="digits", widths=[16],
                      out=str(out), train=TrainConfig(**options))
@@ -79,7 +79,8 @@ KILL_MID_EPOCH = textwrap.dedent(
                 os.kill(os.getpid(), signal.SIGKILL)
 
     config = RunConfig(method="fixed", model="mlp", dataset="digits", widths=[16], out=sys.argv[1],
-                       train=TrainConfig(epochs=4, batch_size=32, seed=3, progress=False))
+                       train=TrainConfig(epochs=4, batch_size=32, seed=3, progress=False,
+                                         threads=1))
     train_run(config, callbacks=[Kill()])
     """
 )

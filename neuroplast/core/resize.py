@@ -58,7 +58,7 @@ def _update_width_attributes(group: UnitGroup, width: int, block: int) -> None:
             setattr(module, coupling.per_unit_attr, width)
 
 
-def _expand_units(units: torch.Tensor, block: int) -> torch.Tensor:
+def expand_unit_indices(units: torch.Tensor, block: int) -> torch.Tensor:
     """Unit indices -> feature indices when each unit owns ``block`` consecutive features."""
     if block == 1:
         return units
@@ -77,7 +77,7 @@ def _rebuild_group(
     for coupled in group.tensors:
         if getattr(coupled.module, coupled.tensor_name, None) is None:
             continue  # e.g. bias=False, or BatchNorm without running statistics
-        index = _expand_units(kept, block) if coupled.role == "consumes" else kept
+        index = expand_unit_indices(kept, block) if coupled.role == "consumes" else kept
         appended = new_values.get(coupled.key) if added else None
         _replace_tensor(coupled, index, appended, optimizers)
     _update_width_attributes(group, kept.numel() + added, block)
@@ -141,11 +141,17 @@ def _new_value_shapes(group: UnitGroup, n: int) -> dict[str, tuple[CoupledTensor
 
 
 def _default_new_values(
-    group: UnitGroup, n: int, generator: torch.Generator | None
+    group: UnitGroup, n: int, generator: torch.Generator | None, given: Mapping | None = None
 ) -> dict[str, torch.Tensor]:
-    """PyTorch's default init for the fan-in, zero fan-out, neutral per-unit state."""
+    """PyTorch's default init for the fan-in, zero fan-out, neutral per-unit state.
+
+    Keys in ``given`` are skipped, so values the caller supplies draw no random numbers.
+    """
     values: dict[str, torch.Tensor] = {}
     for key, (coupled, shape) in _new_value_shapes(group, n).items():
+        if given and key in given:
+            values[key] = torch.empty(shape)  # placeholder: replaced by the given value
+            continue
         dtype = getattr(coupled.module, coupled.tensor_name).dtype
         if coupled.role == "produces":
             weight = getattr(group.producer, "weight", None)
@@ -194,7 +200,6 @@ def grow_units(
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"grow_units needs n >= 1 new units for layer '{layer}', got {n!r}")
     group = get_unit_group(model, layer)
-    new_values = _default_new_values(group, n, generator)
     given = dict(values or {})
     produces = group.per_role("produces")
     if fan_in is not None:
@@ -205,6 +210,7 @@ def grow_units(
         given[produces[1].key] = bias
     if fan_out is not None:
         given[group.per_role("consumes")[0].key] = fan_out
+    new_values = _default_new_values(group, n, generator, given)
     for key, value in given.items():
         if key not in new_values:
             raise KeyError(
@@ -244,7 +250,7 @@ def split_units(
     if parents.numel() < 1:
         raise ValueError(f"split_units needs at least one unit of layer '{layer}' to split")
     block = group.features_per_unit
-    columns = _expand_units(parents, block)
+    columns = expand_unit_indices(parents, block)
     values = {}
     for coupled in group.tensors:
         tensor = getattr(coupled.module, coupled.tensor_name, None)

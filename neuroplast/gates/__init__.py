@@ -1,5 +1,6 @@
 """Per-unit gates: tensors attached to a unit group that scale or switch units."""
 
 from .mask import UnitMask
+from .npn import NPNGate, arm_loss, compact_npn
 
-__all__ = ["UnitMask"]
+__all__ = ["NPNGate", "UnitMask", "arm_loss", "compact_npn"]

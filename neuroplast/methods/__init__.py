@@ -8,6 +8,7 @@ from typing import Any
 from ..train.callbacks import Method
 from .fixed import FixedWidth
 from .metanet import MetaNet
+from .npn import NPN
 
 METHODS: dict[str, type[Method]] = {}
 
@@ -43,6 +44,7 @@ def build_method(name: str, options: dict[str, Any] | None = None) -> Method:
 
 
 register_method(FixedWidth)
+register_method(NPN)
 register_method(MetaNet)
 
 __all__ = ["METHODS", "FixedWidth", "UnknownMethodError", "build_method", "method_fields",

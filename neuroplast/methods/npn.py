@@ -1,0 +1,485 @@
+"""``npn``: Neural Plasticity Networks (Li & Ji, arXiv 1908.08118).
+
+Every gated layer's units carry a stochastic binary gate ``z ~ Bernoulli(sigmoid(k * phi))``
+(:class:`~neuroplast.gates.npn.NPNGate`). The loss is the cross-entropy plus, per gated layer,
+``lambda * weights_per_gate * sum(sigmoid(k * phi))`` (the expected number of active weights,
+i.e. an L0 penalty with ``lambda`` per weight) and a gate-weighted L2 term; ``phi`` is trained
+with the unbiased ARM estimator. One parameter ``k`` runs three stages:
+
+1. ``k = inf``: deterministic gates, plain training of the initially active sub-network;
+2. the chosen ``k``: plasticity, units switch on and off (and, in ``expand`` mode, one more
+   unit per layer wakes after each epoch whose validation objective improved);
+3. ``k = inf`` again: the architecture hardens and the survivors are fine-tuned.
+
+``--npn-implementation mask`` allocates every unit for the whole run, as the reference does;
+``physical`` materializes a hibernating unit only when it wakes and removes units once their
+gate is (practically) off, so compute follows the live width. Both end in the same plain compact
+network (``live_model``). The mapping of the reference's constants is in ``docs/npn.md``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from ..core.groups import find_unit_groups
+from ..core.resize import expand_unit_indices, grow_units, prune_units
+from ..gates.attach import GatedLayer, attach_npn_gates
+from ..gates.npn import INF, NPNGate, arm_loss, check_k, compact_npn
+from ..train.callbacks import Method
+
+if TYPE_CHECKING:
+    from ..train.loop import Trainer
+
+MODES = ("prune", "expand")
+IMPLEMENTATIONS = ("mask", "physical")
+GATE_OPTIMIZERS = ("shared", "adam")
+
+
+def parse_k_schedule(text: str) -> list[tuple[int, float]]:
+    """``"1:inf,11:7,41:inf"`` -> ``[(1, inf), (11, 7.0), (41, inf)]``.
+
+    Each entry is ``<first epoch>:<k>`` (epochs count from 1); ``k`` holds until the next entry.
+    """
+    schedule: list[tuple[int, float]] = []
+    for part in str(text).split(","):
+        if not part.strip():
+            continue
+        epoch_text, sep, k_text = part.partition(":")
+        try:
+            epoch = int(epoch_text)
+        except ValueError:
+            epoch = 0
+        if not sep or epoch < 1:
+            raise ValueError(
+                f"bad NPN k schedule entry '{part.strip()}': write <first epoch>:<k>, e.g. "
+                "'1:inf,11:7,41:inf' (epochs count from 1)"
+            )
+        if schedule and epoch <= schedule[-1][0]:
+            raise ValueError(f"NPN k schedule epochs must increase, got '{text}'")
+        schedule.append((epoch, check_k(k_text.strip())))
+    if not schedule:
+        raise ValueError(f"empty NPN k schedule '{text}'")
+    return schedule
+
+
+@dataclass
+class NPN(Method):
+    """Neural Plasticity Networks: stochastic binary gates, an L0 penalty, ARM and one ``k``.
+
+    Example::
+
+        method = NPN(mode="expand", k=1.0, lambdas=(4.3e-5, 1.7e-3), init_sizes=(3, 3))
+        Trainer(build_model("mlp", (100,), 2, widths=[80]), load_dataset("moons"), method,
+                TrainConfig(epochs=200)).fit()
+    """
+
+    name = "npn"
+    description = "Neural Plasticity Networks: L0 gates trained with ARM, pruning or expansion"
+
+    mode: str = field(default="prune", metadata={
+        "help": "prune: all units start active; expand: a few start active, the rest hibernate"})
+    implementation: str = field(default="mask", metadata={
+        "help": "mask: every unit allocated throughout (the reference); physical: units are "
+                "added when they wake and removed when they die"})
+    k: float = field(default=7.0, metadata={
+        "help": "k of the plasticity stage (pi = sigmoid(k*phi)); 0: dropout, inf: none"})
+    stages: tuple[float, ...] = field(default=(0.2, 0.7), metadata={
+        "help": "ends of stage 1 (k=inf) and stage 2 (k) as fractions of the epochs"})
+    k_schedule: str = field(default="", metadata={
+        "help": "explicit schedule '<epoch>:<k>,...', e.g. '1:inf,11:7,41:inf' (overrides stages)"})
+    lambdas: tuple[float, ...] = field(default=(1e-4,), metadata={
+        "help": "L0 penalty per expected active weight, one per gated layer or one for all"})
+    l2: float = field(default=0.0, metadata={
+        "help": "coefficient of the gate-weighted L2 term sum pi_j ||w_j||^2 / 2"})
+    init_sizes: tuple[float, ...] = field(default=(3,), metadata={
+        "help": "expand mode: initially active units per gated layer (values < 1: fractions)"})
+    wake_logit: float = field(default=0.1, metadata={
+        "help": "expand mode: a woken unit gets k*phi = this (pi = sigmoid of it)"})
+    init_logit: float = field(default=3.0, metadata={
+        "help": "active units start at phi = init_logit / init_k"})
+    hibernate_logit: float = field(default=-40.0, metadata={
+        "help": "hibernating units start at phi = hibernate_logit / init_k"})
+    init_k: float = field(default=7.0, metadata={"help": "the k0 that scales the initial phi"})
+    phi_std: float = field(default=0.01, metadata={"help": "std of the initial and woken phi"})
+    per_example: bool = field(default=False, metadata={
+        "help": "draw gates per example instead of once per mini-batch"})
+    gate_lr: float | None = field(default=None, metadata={
+        "help": "learning rate of phi; None: the run's --lr"})
+    gate_optimizer: str = field(default="shared", metadata={
+        "help": "shared: phi is a param group of the run's optimizer; adam: phi has its own "
+                "Adam (the reference's ResNet: SGD for weights, Adam for phi)"})
+    prune_below: float = field(default=1e-3, metadata={
+        "help": "physical: remove a unit once its pi (at the next epoch's k) is below this"})
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"unknown NPN mode '{self.mode}'; choose one of {MODES}")
+        if self.implementation not in IMPLEMENTATIONS:
+            raise ValueError(
+                f"unknown NPN implementation '{self.implementation}'; choose one of "
+                f"{IMPLEMENTATIONS}")
+        self.k = check_k(self.k)
+        self.init_k = check_k(self.init_k)
+        if not 0 < self.init_k < INF:
+            raise ValueError(f"NPN init_k must be a positive finite number, got {self.init_k}")
+        self.lambdas = tuple(float(value) for value in _as_tuple(self.lambdas))
+        if not self.lambdas or any(not value >= 0 or math.isinf(value) for value in self.lambdas):
+            raise ValueError(f"NPN lambdas must be finite numbers >= 0, got {self.lambdas}")
+        if not self.l2 >= 0 or math.isinf(self.l2):
+            raise ValueError(f"NPN l2 must be a finite number >= 0, got {self.l2}")
+        self.stages = tuple(float(value) for value in _as_tuple(self.stages))
+        if len(self.stages) != 2 or not 0 <= self.stages[0] <= self.stages[1] <= 1:
+            raise ValueError(
+                f"NPN stages must be two fractions 0 <= end1 <= end2 <= 1, got {self.stages}")
+        if self.k_schedule:
+            parse_k_schedule(self.k_schedule)
+        self.init_sizes = tuple(float(value) for value in _as_tuple(self.init_sizes))
+        if not self.init_sizes or any(
+                not value > 0 or (value >= 1 and value != int(value)) for value in self.init_sizes):
+            raise ValueError(
+                "NPN init_sizes must be unit counts >= 1 or fractions in (0, 1), got "
+                f"{self.init_sizes}")
+        if self.gate_optimizer not in GATE_OPTIMIZERS:
+            raise ValueError(f"unknown NPN gate_optimizer '{self.gate_optimizer}'; choose one "
+                             f"of {GATE_OPTIMIZERS}")
+        if self.gate_lr is not None and not self.gate_lr > 0:
+            raise ValueError(f"NPN gate_lr must be > 0, got {self.gate_lr}")
+        if not 0 <= self.prune_below < 0.5:
+            raise ValueError(f"NPN prune_below must be in [0, 0.5), got {self.prune_below}")
+        if self.phi_std < 0:
+            raise ValueError(f"NPN phi_std must be >= 0, got {self.phi_std}")
+        self._layers: list[GatedLayer] = []
+        self._schedule: list[tuple[int, float]] = [(1, INF)]
+        self._epochs: int | None = None
+        self._k_now = INF
+        self._best: float | None = None
+        self._allocated: dict[str, int] = {}
+        self._owners: dict[str, str] = {}  # unit group -> gated layer whose gate decides it
+        self._reserve: dict[str, torch.Tensor] = {}
+        self._gate_optimizer: torch.optim.Adam | None = None
+        self._gate_optimizer_state: dict[str, Any] | None = None
+
+    # ----------------------------------------------------------------- schedule
+    def schedule(self, epochs: int) -> list[tuple[int, float]]:
+        """The k schedule as ``(first epoch, k)`` pairs for a run of ``epochs`` epochs."""
+        if self.k_schedule:
+            return parse_k_schedule(self.k_schedule)
+        end1, end2 = (round(fraction * epochs) for fraction in self.stages)
+        entries = [(1, INF), (end1 + 1, self.k), (end2 + 1, INF)]
+        # Drop stages that get no epochs (a later entry with the same start wins).
+        kept: dict[int, float] = {}
+        for start, k in entries:
+            kept[start] = k
+        return sorted(kept.items())
+
+    def k_at(self, epoch: int) -> float:
+        """The k used during ``epoch`` (counting from 1)."""
+        k = INF
+        for start, value in self._schedule:
+            if start <= epoch:
+                k = value
+        return k
+
+    def set_k(self, k: float) -> None:
+        """Give every gate the slope ``k``."""
+        self._k_now = check_k(k)
+        for layer in self._layers:
+            layer.gate.k = self._k_now
+
+    # ----------------------------------------------------------------- model
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        """Attach the gates, initialize ``phi``; in physical expand mode drop hibernating units."""
+        self._layers = sorted(attach_npn_gates(model), key=_module_order(model))
+        for layer in self._layers:
+            layer.gate.per_example = self.per_example
+        self._check_per_layer(self.lambdas, "lambdas")
+        counts = self._initial_counts()
+        self._allocated = {}
+        for layer, count in zip(self._layers, counts, strict=True):
+            flat = layer.gate.phi.data.view(-1)
+            flat.normal_(self.init_logit / self.init_k, self.phi_std)
+            if count < flat.numel():
+                flat[count:].normal_(self.hibernate_logit / self.init_k, self.phi_std)
+            self._allocated[layer.name] = count
+        self._owners = {}
+        by_gate = {id(layer.gate): layer for layer in self._layers}
+        for group_name, group in find_unit_groups(model).items():
+            for _, module in group.path:
+                if isinstance(module, NPNGate) and not module.positional and id(module) in by_gate:
+                    self._owners[group_name] = by_gate[id(module)].name
+        self._reserve = {}
+        if self.implementation == "physical" and self.mode == "expand":
+            self._capture_reserve(model)
+            for group_name, layer_name in self._owners.items():
+                count = self._allocated[layer_name]
+                if count < find_unit_groups(model)[group_name].width:
+                    prune_units(model, group_name, list(range(count)))
+        self.set_k(self._k_now)
+        return model
+
+    def _check_per_layer(self, values: tuple, what: str) -> None:
+        if len(values) not in (1, len(self._layers)):
+            names = ", ".join(layer.name for layer in self._layers)
+            raise ValueError(
+                f"NPN {what} has {len(values)} values for {len(self._layers)} gated layers "
+                f"({names}): give one per layer, input to output, or a single value for all")
+
+    def _per_layer(self, values: tuple) -> list:
+        return list(values) * len(self._layers) if len(values) == 1 else list(values)
+
+    def _initial_counts(self) -> list[int]:
+        if self.mode == "prune":
+            return [layer.size for layer in self._layers]
+        self._check_per_layer(self.init_sizes, "init_sizes")
+        counts = []
+        for layer, value in zip(self._layers, self._per_layer(self.init_sizes), strict=True):
+            count = math.floor(value * layer.size) if value < 1 else int(value)
+            if not 1 <= count <= layer.size:
+                raise ValueError(
+                    f"NPN init size {value:g} of layer '{layer.name}' gives {count} units; it "
+                    f"must give 1 to {layer.size}")
+            counts.append(count)
+        return counts
+
+    def param_groups(self, model: nn.Module, lr: float) -> list[dict[str, Any]]:
+        """Weights in one group; every ``phi`` in another, with its own lr and no weight decay
+        (or, with ``gate_optimizer="adam"``, not in the run's optimizer at all)."""
+        phis = [self._gate(model, layer).phi for layer in self._layers]
+        ids = {id(phi) for phi in phis}
+        weights = [p for p in model.parameters() if id(p) not in ids]
+        if self.gate_optimizer == "adam":
+            return [{"params": weights}]
+        return [{"params": weights},
+                {"params": phis, "lr": self.gate_lr or lr, "weight_decay": 0.0}]
+
+    def _optimizers(self, trainer: Trainer) -> list[torch.optim.Optimizer]:
+        extra = [self._gate_optimizer] if self._gate_optimizer is not None else []
+        return [trainer.optimizer, *extra]
+
+    def _start_gate_optimizer(self, trainer: Trainer) -> None:
+        if self._gate_optimizer is not None and self._gate_optimizer_state is None:
+            return  # already running over the current phi
+        phis = [layer.gate.phi for layer in self._layers]
+        self._gate_optimizer = torch.optim.Adam(phis, lr=self.gate_lr or trainer.config.lr)
+        if self._gate_optimizer_state is not None:
+            self._gate_optimizer.load_state_dict(self._gate_optimizer_state)
+            self._gate_optimizer_state = None
+
+    @staticmethod
+    def _gate(model: nn.Module, layer: GatedLayer) -> NPNGate:
+        return model.get_submodule(layer.gate_name)
+
+    # ----------------------------------------------------------------- loss
+    def penalty(self, trainer: Trainer | None = None) -> torch.Tensor:
+        """``sum_l lambda_l * expected_l0_l + l2 * gated_l2_l`` at the current k."""
+        total = self._layers[0].gate.phi.new_zeros(())
+        for layer, lam in zip(self._layers, self._per_layer(self.lambdas), strict=True):
+            if lam:
+                total = total + lam * layer.expected_l0()
+            if self.l2:
+                total = total + self.l2 * layer.gated_l2()
+        return total
+
+    def training_loss(
+        self, trainer: Trainer, inputs: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-entropy of the main pass + penalty; ``phi.grad`` already holds the ARM term."""
+        if not self._layers:
+            raise RuntimeError("NPN.prepare_model must run before training")
+        gates = [layer.gate for layer in self._layers]
+        if self._gate_optimizer is not None:
+            self._gate_optimizer.zero_grad(set_to_none=True)  # the run's optimizer does not
+        loss, logits = arm_loss(trainer.model, gates, inputs, targets)
+        return loss + self.penalty(trainer), logits
+
+    # ----------------------------------------------------------------- callbacks
+    def on_train_begin(self, trainer: Trainer) -> None:
+        self._epochs = trainer.config.epochs
+        self._schedule = self.schedule(self._epochs)
+        if self.mode == "expand" and len(trainer.data.y_val) == 0:
+            raise ValueError(
+                "NPN expand mode decides growth on the validation loss, and this data set has "
+                "no validation split: pass --val-fraction")
+        self.set_k(self.k_at(trainer.epoch + 1))
+        if self.gate_optimizer == "adam":
+            self._start_gate_optimizer(trainer)
+
+    def on_epoch_begin(self, trainer: Trainer, epoch: int) -> None:
+        self.set_k(self.k_at(epoch))
+        if self._gate_optimizer is not None:
+            # Follow the run's learning-rate schedule, as one shared optimizer would.
+            decay = trainer.optimizer.param_groups[0]["lr"] / trainer.config.lr
+            for group in self._gate_optimizer.param_groups:
+                group["lr"] = (self.gate_lr or trainer.config.lr) * decay
+
+    def after_backward(self, trainer: Trainer) -> None:
+        if self._gate_optimizer is not None:
+            self._gate_optimizer.step()
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int) -> None:
+        plastic = not math.isinf(self._k_now)
+        if self.mode == "expand" and plastic:
+            with torch.no_grad():
+                objective = trainer.last_metrics["val_loss"] + float(self.penalty(trainer))
+            if self._best is None or objective < self._best:
+                self._best = objective
+                self._expand(trainer)
+        if self.implementation == "physical":
+            last = self._epochs is not None and epoch >= self._epochs
+            self._remove_dead(trainer, self._k_now if last else self.k_at(epoch + 1))
+
+    # ----------------------------------------------------------------- expansion
+    def _expand(self, trainer: Trainer) -> None:
+        """Each layer whose allocated units are all active wakes its next hibernating unit."""
+        for layer in self._layers:
+            allocated = self._allocated[layer.name]
+            if allocated >= self._nominal_size(layer):
+                continue
+            if int(layer.gate.active().sum()) < allocated:
+                continue
+            k = self._k_now if self._k_now > 0 else self.init_k
+            value = self.wake_logit / k + self.phi_std * float(torch.randn(()))
+            self._wake(trainer, layer, allocated, value)
+            self._allocated[layer.name] = allocated + 1
+
+    def _nominal_size(self, layer: GatedLayer) -> int:
+        return layer.gate.nominal_width * math.prod(layer.gate.phi.shape[1:])
+
+    def _wake(self, trainer: Trainer, layer: GatedLayer, index: int, value: float) -> None:
+        gate = layer.gate
+        group_name = next((g for g, owner in self._owners.items() if owner == layer.name), None)
+        physical = self.implementation == "physical"
+        if physical and group_name is not None:
+            self._grow_unit(trainer, group_name, layer, index, value)
+            return
+        positions = math.prod(gate.phi.shape[1:])
+        unit, position = divmod(index, positions)
+        rows = torch.nonzero(gate.unit_id == unit).reshape(-1)
+        if rows.numel():
+            gate.phi.data.view(gate.phi.shape[0], -1)[rows[0], position] = value
+        else:
+            # The unit's channel is not materialized yet: it wakes with this phi when it is.
+            self._reserve[f"{layer.gate_name}.phi"].view(gate.nominal_width, -1)[
+                unit, position] = value
+        trainer.log_event(f"woke {layer.name} unit {index}")
+
+    def _capture_reserve(self, model: nn.Module) -> None:
+        """The full-size initial values of every tensor that a gated unit group resizes."""
+        groups = find_unit_groups(model)
+        for group_name in self._owners:
+            for coupled in groups[group_name].tensors:
+                tensor = getattr(coupled.module, coupled.tensor_name, None)
+                if tensor is not None and coupled.key not in self._reserve:
+                    self._reserve[coupled.key] = tensor.detach().clone()
+
+    def _unit_ids(self, group_name: str, width: int) -> torch.Tensor:
+        owner = self._owners.get(group_name)
+        if owner is None:
+            return torch.arange(width)
+        layer = next(layer for layer in self._layers if layer.name == owner)
+        return layer.gate.unit_id.clone()
+
+    def _grow_unit(
+        self, trainer: Trainer, group_name: str, layer: GatedLayer, index: int, value: float
+    ) -> None:
+        """Materialize full-size unit ``index``: the weights it has in the full-size network."""
+        groups = find_unit_groups(trainer.model)
+        group = groups[group_name]
+        owners = {}
+        for other in groups.values():
+            block = other.features_per_unit
+            for coupled in other.tensors:
+                owners[(coupled.key, coupled.dim)] = (
+                    other.name, block if coupled.role == "consumes" else 1, other.width)
+        own_block = group.features_per_unit
+        values = {}
+        for coupled in group.tensors:
+            if getattr(coupled.module, coupled.tensor_name, None) is None:
+                continue
+            block = own_block if coupled.role == "consumes" else 1
+            piece = self._reserve[coupled.key].index_select(
+                coupled.dim, expand_unit_indices(torch.tensor([index]), block))
+            for dim in range(piece.dim()):
+                other = owners.get((coupled.key, dim))
+                if dim == coupled.dim or other is None:
+                    continue
+                name, other_block, width = other
+                ids = self._unit_ids(name, width)
+                piece = piece.index_select(dim, expand_unit_indices(ids, other_block))
+            values[coupled.key] = piece
+        values[f"{layer.gate_name}.phi"] = torch.full((1,), value)
+        # Every value is given; a throwaway generator keeps the core's default draws from
+        # moving the global random stream, so mask and physical runs draw the same numbers.
+        # (Called directly rather than through trainer.grow so a gate optimizer follows too.)
+        group = grow_units(trainer.model, group_name, 1, values=values,
+                           optimizer=self._optimizers(trainer), generator=torch.Generator())
+        trainer.log_event(f"grew {group_name} by 1 to {group.width}")
+        trainer.log_event(f"woke {layer.name} unit {index}")
+
+    def _remove_dead(self, trainer: Trainer, k: float) -> None:
+        """Physically remove units whose gate is (practically) off at the coming ``k``."""
+        for group_name, layer_name in self._owners.items():
+            layer = next(layer for layer in self._layers if layer.name == layer_name)
+            pi = layer.gate.probability(k).detach()
+            keep = torch.nonzero(pi >= self.prune_below).reshape(-1)
+            if keep.numel() == 0:
+                keep = layer.gate.phi.detach().argmax().reshape(1)  # a layer keeps one unit
+            if keep.numel() < pi.numel():
+                prune_units(trainer.model, group_name, keep, optimizer=self._optimizers(trainer))
+                trainer.log_event(
+                    f"pruned {group_name} by {pi.numel() - keep.numel()} to {keep.numel()}")
+
+    # ----------------------------------------------------------------- reporting
+    def live_widths(self, model: nn.Module) -> dict[str, int]:
+        """Units (or unit positions) per gated layer whose gate is on (pi >= 0.5), in order."""
+        return {layer.name: int(self._gate(model, layer).active().sum())
+                for layer in self._layers}
+
+    def live_model(self, model: nn.Module) -> nn.Module:
+        """The plain compact network the gated model is at test time."""
+        return compact_npn(model)
+
+    def metrics(self, trainer: Trainer) -> dict[str, float]:
+        """k, the expected active weights, the penalty and the compact model's nonzero weights."""
+        compact = self.live_model(trainer.model)
+        nonzero = sum(int(torch.count_nonzero(module.weight)) for module in compact.modules()
+                      if isinstance(getattr(module, "weight", None), torch.Tensor)
+                      and module.weight.dim() >= 2)
+        with torch.no_grad():
+            expected = sum(float(layer.expected_l0()) for layer in self._layers)
+            penalty = float(self.penalty(trainer))
+        return {"k": self._k_now, "expected_active_weights": expected, "penalty": penalty,
+                "nonzero_weights": nonzero}
+
+    # ----------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        state = {"best": self._best, "allocated": dict(self._allocated),
+                 "reserve": dict(self._reserve)}
+        if self._gate_optimizer is not None:
+            state["gate_optimizer"] = self._gate_optimizer.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._best = state.get("best")
+        self._allocated = {str(k): int(v) for k, v in state.get("allocated", {}).items()}
+        self._reserve = {str(k): v.clone() for k, v in state.get("reserve", {}).items()}
+        # Loaded into the gate optimizer when training (re)starts, over the loaded phi.
+        self._gate_optimizer_state = state.get("gate_optimizer")
+
+
+def _as_tuple(value: Any) -> tuple:
+    if isinstance(value, (list, tuple)):
+        return tuple(value)
+    if isinstance(value, str):
+        return tuple(float(part) for part in value.split(",") if part.strip())
+    return (value,)
+
+
+def _module_order(model: nn.Module):
+    order = {id(module): index for index, module in enumerate(model.modules())}
+    return lambda layer: order[id(layer.governed)]

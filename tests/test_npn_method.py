@@ -1,0 +1,428 @@
+"""The NPN policy: schedule, gate placement, penalty, k = inf as plain training, pruning and
+compaction, expansion (mask vs physical), exact resume, bad input."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from neuroplast.cli import config_from_options, main, read_recipe
+from neuroplast.core.checkpoint import load_checkpoint
+from neuroplast.data import DataSplits, load_dataset
+from neuroplast.gates import NPNGate, compact_npn
+from neuroplast.methods import FixedWidth, build_method
+from neuroplast.methods.npn import NPN, parse_k_schedule
+from neuroplast.models import build_model
+from neuroplast.train import Callback
+from neuroplast.train.loop import TrainConfig, Trainer
+from neuroplast.train.run import RunConfig, resume_run, train_run
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+
+
+@pytest.fixture(scope="module")
+def moons():
+    return load_dataset("moons", seed=0)
+
+
+def _config(**options):
+    defaults = dict(epochs=20, batch_size=32, lr=1e-2, progress=False)
+    defaults.update(options)
+    return TrainConfig(**defaults)
+
+
+def _moons_mlp(seed=0):
+    torch.manual_seed(seed)
+    return build_model("mlp", (100,), 2, widths=[80])
+
+
+# ----------------------------------------------------------------------------- schedule, options
+def test_stage_fractions_give_the_reference_epochs():
+    # LeNet-5: stage 1 = epochs 1..100, stage 2 = 101..350, stage 3 = 351..500 of 500.
+    method = NPN(k=7.0, stages=(0.2, 0.7))
+    assert method.schedule(500) == [(1, math.inf), (101, 7.0), (351, math.inf)]
+    assert NPN(k=1.0, stages=(0.2, 0.7)).schedule(10) == [(1, math.inf), (3, 1.0), (8, math.inf)]
+    assert NPN(stages=(0.0, 1.0), k=7.0).schedule(10) == [(1, 7.0), (11, math.inf)]
+    assert parse_k_schedule("1:inf, 11:7,41:infinity") == [(1, math.inf), (11, 7.0), (41, math.inf)]
+    method = NPN(k_schedule="3:0,5:2.5")
+    method._schedule = method.schedule(9)
+    assert [method.k_at(e) for e in (1, 3, 4, 5, 9)] == [math.inf, 0.0, 0.0, 2.5, 2.5]
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"k": -1.0}, "k must be >= 0"),
+    ({"lambdas": (1e-4, -1e-3)}, "lambdas must be finite numbers >= 0"),
+    ({"mode": "grow"}, "unknown NPN mode 'grow'"),
+    ({"implementation": "sparse"}, "unknown NPN implementation"),
+    ({"k_schedule": "0:inf,5:7"}, "epochs count from 1"),
+    ({"k_schedule": "1:7,1:inf"}, "must increase"),
+    ({"k_schedule": "1:-3"}, "k must be >= 0"),
+    ({"stages": (0.7, 0.2)}, "two fractions"),
+    ({"init_sizes": (2.5,)}, "init_sizes"),
+    ({"l2": -1.0}, "l2 must be"),
+])
+def test_bad_options_are_clear_errors(options, message):
+    with pytest.raises(ValueError, match=message):
+        build_method("npn", options)
+
+
+def test_per_layer_options_must_match_the_gated_layers():
+    with pytest.raises(ValueError, match=r"3 values for 2 gated layers \(fc1, out\)"):
+        NPN(lambdas=(1e-4, 1e-4, 1e-4)).prepare_model(_moons_mlp())
+    with pytest.raises(ValueError, match="init size 200 of layer 'fc1'"):
+        NPN(mode="expand", init_sizes=(200, 3)).prepare_model(_moons_mlp())
+
+
+def test_cli_rejects_bad_npn_input(capsys, tmp_path):
+    assert main(["train", "--method", "npn", "--npn-k", "-2", "--out", str(tmp_path / "a")]) == 2
+    assert "k must be >= 0" in capsys.readouterr().err
+    assert main(["train", "--method", "npn", "--npn-mode", "shrink",
+                 "--out", str(tmp_path / "b")]) == 2
+    assert "unknown NPN mode" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES.glob("npn-*.toml")), ids=lambda p: p.name)
+def test_recipes_are_valid(recipe):
+    config = config_from_options({"config": str(recipe)})
+    assert config.method == "npn"
+    method = build_method("npn", config.method_options)
+    data_shape = {"moons": (100,), "mnist": (1, 28, 28), "cifar10": (3, 32, 32)}[config.dataset]
+    options = {"widths": config.widths} if config.widths else {}
+    model = build_model(config.model, data_shape, 10 if config.dataset != "moons" else 2, **options)
+    method.prepare_model(model)  # per-layer options fit the model's gated layers
+    assert read_recipe(recipe)["epochs"] == config.train.epochs
+
+
+# ----------------------------------------------------------------------------- placement, penalty
+def test_gates_sit_where_the_reference_puts_them():
+    lenet = build_model("lenet5", (1, 28, 28), 10)
+    method = NPN()
+    method.prepare_model(lenet)
+    layers = {layer.name: layer for layer in method._layers}
+    assert list(layers) == ["conv1", "conv2", "fc1", "out"]
+    assert [tuple(layer.gate.phi.shape) for layer in layers.values()] == [
+        (20,), (50,), (50, 16), (500,)]
+    # weights switched by one gate: conv in*kh*kw, dense out_features
+    assert [layer.weights_per_gate for layer in layers.values()] == [25, 500, 500, 10]
+    assert method.live_widths(lenet) == {"conv1": 20, "conv2": 50, "fc1": 800, "out": 500}
+
+    resnet = build_model("resnet20", (3, 32, 32), 10)
+    method = NPN()
+    method.prepare_model(resnet)
+    names = [layer.name for layer in method._layers]
+    assert names[0] == "conv1" and names[-1] == "fc" and len(names) == 2 + 9
+    assert names[1:4] == ["layer1.0.conv1", "layer1.1.conv1", "layer1.2.conv1"]
+    assert isinstance(resnet.layer1[0].bn1[1], NPNGate)  # after BN, before the ReLU
+    assert isinstance(resnet.conv1_gate, NPNGate) and resnet.fc_gate.phi.shape == (64,)
+
+
+def test_penalty_is_lambda_per_weight_times_expected_active_weights():
+    model = _moons_mlp()
+    method = NPN(lambdas=(2e-4, 3e-3), l2=1e-3, k=7.0)
+    method.prepare_model(model)
+    method.set_k(7.0)
+    pi_in = torch.sigmoid(7 * model.fc1_gate.phi.detach())
+    pi_hidden = torch.sigmoid(7 * model.out_gate.phi.detach())
+    l0 = 2e-4 * 80 * pi_in.sum() + 3e-3 * 2 * pi_hidden.sum()
+    l2 = 0.5 * 1e-3 * ((pi_in * model.fc1.weight.detach().pow(2).sum(0)).sum()
+                       + model.fc1.bias.detach().pow(2).sum()
+                       + (pi_hidden * model.out.weight.detach().pow(2).sum(0)).sum()
+                       + model.out.bias.detach().pow(2).sum())
+    torch.testing.assert_close(method.penalty(), l0 + l2)
+    method.set_k(math.inf)  # hardened: a constant, no gradient for phi
+    assert not method.penalty().requires_grad or model.fc1_gate.phi.grad is None
+
+
+# ----------------------------------------------------------------------------- k = inf, k = 0
+def test_k_infinity_trains_exactly_like_the_plain_active_subnetwork(moons):
+    gated = _moons_mlp()
+    method = NPN(mode="expand", init_sizes=(7, 5), k_schedule="1:inf")
+    trainer = Trainer(gated, moons, method, _config(epochs=4))
+    features, hidden = slice(0, 7), slice(0, 5)
+    plain = nn.Sequential(nn.Linear(7, 5), nn.ReLU(), nn.Linear(5, 2))
+    with torch.no_grad():
+        plain[0].weight.copy_(gated.fc1.weight[hidden, features])
+        plain[0].bias.copy_(gated.fc1.bias[hidden])
+        plain[2].weight.copy_(gated.out.weight[:, hidden])
+        plain[2].bias.copy_(gated.out.bias)
+    sub = DataSplits("moons7", moons.x_train[:, features], moons.y_train,
+                     moons.x_val[:, features], moons.y_val, moons.x_test[:, features],
+                     moons.y_test, 2, (7,))
+    reference = Trainer(plain, sub, FixedWidth(), _config(epochs=4))
+    before = {name: p.detach().clone() for name, p in gated.named_parameters()}
+    history, plain_history = trainer.fit(), reference.fit()
+    # Same batches, same Adam: equal up to the rounding of the gated-off zero terms (an ulp).
+    torch.testing.assert_close(gated.fc1.weight[hidden, features], plain[0].weight,
+                               rtol=0, atol=1e-6)
+    torch.testing.assert_close(gated.out.weight[:, hidden], plain[2].weight, rtol=0, atol=1e-6)
+    torch.testing.assert_close(gated.fc1.bias[hidden], plain[0].bias, rtol=0, atol=1e-6)
+    constant = float(method.penalty())  # k = inf: the L0 term counts the 7 * 80 + 5 * 2 weights
+    assert constant == pytest.approx(1e-4 * (7 * 80 + 5 * 2))
+    for a, b in zip(history, plain_history, strict=True):
+        assert a["train_loss"] - constant == pytest.approx(b["train_loss"], abs=1e-6)
+        assert a["val_accuracy"] == b["val_accuracy"]
+    after = dict(gated.named_parameters())
+    for name in ("fc1_gate.phi", "out_gate.phi"):  # frozen: not a single bit moved
+        assert torch.equal(after[name], before[name])
+    # Units outside the active sub-network never change either.
+    assert torch.equal(after["fc1.weight"][5:], before["fc1.weight"][5:])
+    assert torch.equal(after["fc1.weight"][:, 7:], before["fc1.weight"][:, 7:])
+
+
+def test_k_zero_leaves_phi_untouched_during_training(moons):
+    model = _moons_mlp()
+    method = NPN(k_schedule="1:0", lambdas=(1e-3,))
+    trainer = Trainer(model, moons, method, _config(epochs=2))
+    before = model.out_gate.phi.detach().clone()
+    assert torch.all(model.out_gate.probability(0.0) == 0.5)
+    trainer.fit()
+    assert torch.equal(model.out_gate.phi, before)
+    assert method.metrics(trainer)["k"] == 0.0
+
+
+# ----------------------------------------------------------------------------- prune and compact
+def test_prune_mode_on_moons_removes_units_and_compacts_identically(moons):
+    model = _moons_mlp()
+    method = NPN(mode="prune", k=7.0, stages=(0.2, 0.8), lambdas=(2e-4, 2e-3), gate_lr=0.03)
+    trainer = Trainer(model, moons, method, _config(epochs=25))
+    history = trainer.fit()
+    widths = history[-1]["widths"]
+    assert widths["fc1"] < 100 and widths["out"] < 80
+    assert history[-1]["val_accuracy"] > 0.95
+    assert method._k_now == math.inf  # hardened
+    compact = method.live_model(model)
+    assert compact.fc1.weight.shape == (widths["out"], 100)
+    assert not any(isinstance(m, NPNGate) for m in compact.modules())
+    model.eval()
+    torch.testing.assert_close(compact(moons.x_test), model(moons.x_test), rtol=0, atol=1e-6)
+    dead_inputs = ~model.fc1_gate.active()
+    assert torch.all(compact.fc1.weight[:, dead_inputs] == 0)  # dead raw inputs: zero columns
+    assert method.metrics(trainer)["nonzero_weights"] == widths["fc1"] * widths["out"] + (
+        2 * widths["out"])
+    # Before hardening the test-time gates are pi, not 1: compaction still agrees.
+    method.set_k(7.0)
+    torch.testing.assert_close(compact_npn(model)(moons.x_test), model(moons.x_test),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_physical_prune_removes_dead_units_from_the_tensors(moons):
+    model = _moons_mlp()
+    method = NPN(mode="prune", implementation="physical", k=7.0, stages=(0.2, 0.8),
+                 lambdas=(2e-4, 2e-3), gate_lr=0.03)
+    history = Trainer(model, moons, method, _config(epochs=25)).fit()
+    assert model.fc1.weight.shape[0] == history[-1]["widths"]["out"] < 80
+    assert model.out.weight.shape == (2, model.fc1.weight.shape[0])
+    assert any("pruned fc1" in event for record in history for event in record["events"])
+
+
+# ----------------------------------------------------------------------------- expansion
+def _expand(implementation, **options):
+    settings = dict(mode="expand", implementation=implementation, k=7.0, stages=(0.1, 0.8),
+                    lambdas=(1e-5, 1e-4), gate_lr=0.05, init_sizes=(3, 3), wake_logit=2.0,
+                    prune_below=0.0)
+    settings.update(options)
+    return NPN(**settings)
+
+
+def test_mask_and_physical_expansion_follow_the_same_trajectory(moons):
+    """With a stateless optimizer the two implementations are the same algorithm: same draws
+    (unit ids index full-size draws), a woken unit gets the weights it has in the full-size
+    network, hibernating units never fire at k = 7. With Adam they differ in one documented
+    way: a mask-mode hibernating phi accumulates Adam moments from ARM noise (the reference's
+    behaviour), a physically woken phi starts with zero moments (and at small k, a mask-mode
+    hibernating unit can also fire by chance)."""
+    runs = {}
+    for implementation in ("mask", "physical"):
+        model = _moons_mlp()
+        config = _config(epochs=24, lr=0.3, optimizer="sgd", momentum=0.0)
+        history = Trainer(model, moons, _expand(implementation), config).fit()
+        runs[implementation] = model, [record["widths"] for record in history]
+    (mask_model, mask_widths), (physical_model, physical_widths) = runs["mask"], runs["physical"]
+    assert mask_widths == physical_widths
+    assert mask_widths[0] == {"fc1": 3, "out": 3} and mask_widths[-1]["out"] >= 10  # it grew
+    # Physical expansion really changes shapes; mask expansion keeps the full size.
+    hidden = physical_model.fc1.weight.shape[0]
+    assert hidden == mask_widths[-1]["out"] and mask_model.fc1.weight.shape[0] == 80
+    ids = physical_model.out_gate.unit_id
+    torch.testing.assert_close(physical_model.fc1.weight, mask_model.fc1.weight[ids], atol=1e-5,
+                               rtol=0)
+    torch.testing.assert_close(physical_model.out_gate.phi, mask_model.out_gate.phi[ids],
+                               atol=1e-5, rtol=0)
+    physical_model.eval(), mask_model.eval()
+    torch.testing.assert_close(physical_model(moons.x_test), mask_model(moons.x_test),
+                               atol=1e-5, rtol=0)
+
+
+def test_expansion_waits_for_a_better_validation_objective(moons):
+    class Frozen(Callback):
+        """Makes every validation loss worse than the first: only one expansion may happen."""
+
+        def on_epoch_end(self, trainer, epoch):
+            trainer.last_metrics["val_loss"] = float(epoch)
+
+    model = _moons_mlp()
+    method = _expand("mask")
+    trainer = Trainer(model, moons, method, _config(epochs=6), callbacks=[])
+    trainer.callbacks.insert(0, Frozen())
+    history = trainer.fit()
+    woke = {record["epoch"]: [e for e in record["events"] if "woke" in e] for record in history}
+    assert method.schedule(6) == [(1, math.inf), (2, 7.0), (6, math.inf)]
+    assert woke[2] and "woke out unit 3" in woke[2]  # the first stage-2 epoch sets the best
+    assert not any(woke[epoch] for epoch in (1, 3, 4, 5, 6))
+
+
+def _images(n=96, side=20, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 1, side, side, generator=generator)
+    y = (x[:, 0, :10].mean((1, 2)) > x[:, 0, 10:].mean((1, 2))).long()
+    return DataSplits("images", x[:64], y[:64], x[64:80], y[64:80], x[80:], y[80:], 2,
+                      (1, side, side))
+
+
+def test_lenet5_physical_expansion_grows_channels_with_their_feature_gates():
+    data = _images()
+    runs = {}
+    for implementation in ("mask", "physical"):
+        torch.manual_seed(0)
+        model = build_model("lenet5", (1, 20, 20), 2)
+        method = _expand(implementation, init_sizes=(3, 3, 12, 3), lambdas=(0.0,))
+        history = Trainer(model, data, method, _config(epochs=8, lr=0.05, optimizer="sgd",
+                                                       momentum=0.0, batch_size=16)).fit()
+        runs[implementation] = model, [record["widths"] for record in history]
+    (mask, mask_widths), (physical, physical_widths) = runs["mask"], runs["physical"]
+    assert mask_widths == physical_widths
+    assert physical_widths[-1]["conv2"] > 3
+    assert physical.conv2.weight.shape[0] == physical_widths[-1]["conv2"]
+    assert physical.fc1_gate.phi.shape == (physical.conv2.weight.shape[0], 4)
+    assert physical.fc1.weight.shape[1] == 4 * physical.conv2.weight.shape[0]
+    physical.eval(), mask.eval()
+    torch.testing.assert_close(physical(data.x_test), mask(data.x_test), atol=1e-5, rtol=0)
+    torch.testing.assert_close(compact_npn(physical)(data.x_test), mask(data.x_test),
+                               atol=1e-5, rtol=0)
+
+
+def test_resnet_gates_keep_batchnorm_statistics_and_compact_identically():
+    torch.manual_seed(0)
+    model = build_model("resnet20", (3, 16, 16), 10)
+    method = NPN(k=7.0)
+    method.prepare_model(model)
+    method.set_k(7.0)
+    with torch.no_grad():
+        for layer in method._layers:
+            layer.gate.phi.normal_(0.0, 0.3)
+    x, y = torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,))
+
+    class Holder:
+        pass
+
+    trainer = Holder()
+    trainer.model = model.train()
+    bn = model.layer2[1].bn1[0]
+    tracked = int(bn.num_batches_tracked)
+    loss, _ = method.training_loss(trainer, x, y)
+    loss.backward()
+    assert int(bn.num_batches_tracked) == tracked + 1  # the antithetic pass left it alone
+    assert all(layer.gate.phi.grad is not None for layer in method._layers)
+    model.eval()
+    compact = method.live_model(model)
+    torch.testing.assert_close(compact(x), model(x), atol=1e-5, rtol=1e-5)
+    assert sum(p.numel() for p in compact.parameters()) < sum(
+        p.numel() for name, p in model.named_parameters() if "phi" not in name)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+class InterruptAt(Callback):
+    def __init__(self, epoch, batch):
+        self.epoch, self.batch, self.seen = epoch, batch, 0
+
+    def on_epoch_begin(self, trainer, epoch):
+        self.seen = 0
+
+    def on_batch_begin(self, trainer, inputs, targets):
+        self.seen += 1
+        if trainer.epoch + 1 == self.epoch and self.seen == self.batch:
+            raise KeyboardInterrupt
+
+
+def _run_config(out, gate_optimizer="shared"):
+    options = dict(mode="expand", implementation="physical", k=7.0, stages=(0.1, 0.8),
+                   lambdas=[1e-5, 1e-4], gate_lr=0.05, init_sizes=[3, 3], wake_logit=2.0,
+                   prune_below=0.01, gate_optimizer=gate_optimizer)
+    # A separate gate Adam goes with an SGD run optimizer, as in the reference's ResNet.
+    optimizer, lr = ("sgd", 0.1) if gate_optimizer == "adam" else ("adam", 0.01)
+    return RunConfig(method="npn", model="mlp", dataset="moons", widths=[80], out=str(out),
+                     train=TrainConfig(epochs=8, batch_size=64, lr=lr, optimizer=optimizer,
+                                       progress=False, seed=1),
+                     method_options=options)
+
+
+def _metrics(run_dir):
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    for row in rows:
+        row.pop("seconds")
+    return rows
+
+
+@pytest.mark.parametrize("gate_optimizer", ["shared", "adam"])
+def test_resume_of_an_npn_run_equals_an_uninterrupted_run(tmp_path, gate_optimizer):
+    straight = train_run(_run_config(tmp_path / "straight", gate_optimizer))
+    interrupted = train_run(_run_config(tmp_path / "cut", gate_optimizer),
+                            callbacks=[InterruptAt(5, 3)])
+    assert interrupted["stopped_early"] == "interrupted"
+    resumed = resume_run(tmp_path / "cut")
+    for key in ("test_accuracy", "val_accuracy", "final_widths", "params"):
+        assert resumed[key] == straight[key]
+    assert _metrics(tmp_path / "cut") == _metrics(tmp_path / "straight")
+    assert any("woke" in event for row in _metrics(tmp_path / "straight")
+               for event in row["events"])
+    def load(run):  # a checkpoint of an NPN run loads into a model with NPN's gates
+        model = build_model("mlp", (100,), 2, widths=[80])
+        build_method("npn", _run_config(run, gate_optimizer).method_options).prepare_model(model)
+        return load_checkpoint(run / "checkpoint", model=model)
+
+    a, b = load(tmp_path / "straight"), load(tmp_path / "cut")
+    state_a, state_b = a.model.state_dict(), b.model.state_dict()
+    assert state_a.keys() == state_b.keys()
+    for name in state_a:
+        assert torch.equal(state_a[name], state_b[name]), name
+    assert a.method_state["allocated"] == b.method_state["allocated"]
+    if gate_optimizer == "adam":
+        moments = [state["exp_avg"] for state in a.method_state["gate_optimizer"]["state"].values()]
+        assert moments and all(m.shape == p.shape for m, p in zip(
+            moments, (v for k, v in state_a.items() if k.endswith("phi")), strict=True))
+
+
+def test_penalty_cross_entropy_path_matches_the_trainer_loss(moons):
+    # The returned training loss is CE of the main pass + penalty, not the antithetic pass.
+    model = _moons_mlp()
+    method = NPN(k_schedule="1:7", lambdas=(1e-4, 1e-3))
+    trainer = Trainer(model, moons, method, _config(epochs=1))
+    method.on_train_begin(trainer)
+    torch.manual_seed(3)
+    loss, logits = method.training_loss(trainer, moons.x_train[:32], moons.y_train[:32])
+    expected = F.cross_entropy(logits, moons.y_train[:32]) + method.penalty()
+    torch.testing.assert_close(loss, expected)
+
+
+def test_a_separate_gate_adam_is_the_shared_adam_through_physical_resizes(moons):
+    # The reference's ResNet gives phi its own Adam. Under an Adam run optimizer, that must be
+    # the same algorithm as one shared Adam, also while units are grown and pruned physically
+    # (the gate optimizer's moments must follow every resize).
+    runs = {}
+    for gate_optimizer in ("shared", "adam"):
+        model = _moons_mlp()
+        method = _expand("physical", gate_optimizer=gate_optimizer, prune_below=0.05)
+        history = Trainer(model, moons, method, _config(epochs=16, lr=0.02)).fit()
+        runs[gate_optimizer] = model, history
+    (shared, shared_history), (separate, separate_history) = runs["shared"], runs["adam"]
+    assert [r["widths"] for r in shared_history] == [r["widths"] for r in separate_history]
+    events = [e for r in shared_history for e in r["events"]]
+    assert any("grew" in e for e in events) and any("pruned" in e for e in events)
+    for name, tensor in shared.state_dict().items():
+        torch.testing.assert_close(separate.state_dict()[name], tensor, rtol=0, atol=1e-6)
