@@ -38,10 +38,11 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path("benchmarks/results")
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared beside the repo
 DATA_DIRS = {
-    "mnist": "/work/shared/data/mnist",
-    "fashion-mnist": "/work/shared/data/fashion-mnist",
-    "cifar10": "/work/shared/data/cifar10-jpeg.tar.gz",
+    "mnist": str(SHARED / "mnist"),
+    "fashion-mnist": str(SHARED / "fashion-mnist"),
+    "cifar10": str(SHARED / "cifar10-jpeg.tar.gz"),
 }
 PROLIFERATIONS = ("division", "gradient", "random")
 BATCH_SIZE = 128

@@ -38,7 +38,7 @@ from typing import Any
 
 DEFAULT_OUT = Path("benchmarks/results/npn-quick.json")
 RUNS_DIR = Path("runs/bench-npn")
-MNIST = "/work/shared/data/mnist"
+MNIST = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist")
 
 
 def _jobs(only: str | None) -> list[tuple[str, list[str]]]:

@@ -25,7 +25,8 @@ from neuroplast.data.moons import moons_basis
 
 Image = pytest.importorskip("PIL.Image")
 
-SHARED = Path("/work/shared/data")
+# ../shared/data beside the repository, as on CI and the development machines.
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 IDX_NAMES = {
     "train_x": "train-images-idx3-ubyte",
     "train_y": "train-labels-idx1-ubyte",
