@@ -30,9 +30,12 @@ def remap_tensor(
     ``kept`` indexes the old tensor (in the new order); ``appended`` holds the new slices and has
     the same shape as ``tensor`` except along ``dim``.
     """
-    kept_part = tensor.index_select(dim, kept.to(tensor.device))
+    keeps_all = kept.numel() == tensor.shape[dim] and bool(
+        torch.equal(kept, torch.arange(kept.numel(), device=kept.device)))
+    # A grow keeps every old slice in place: skip the copy an index_select would make.
+    kept_part = tensor if keeps_all else tensor.index_select(dim, kept.to(tensor.device))
     if appended is None or appended.shape[dim] == 0:
-        return kept_part
+        return kept_part.clone() if keeps_all else kept_part  # never alias the old tensor
     return torch.cat([kept_part, appended.to(dtype=tensor.dtype, device=tensor.device)], dim)
 
 

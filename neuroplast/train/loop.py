@@ -189,7 +189,7 @@ class Trainer:
         epoch_rng = position.get("epoch_rng", self.data_generator.get_state())
         batches = self._batches(epoch_rng)
         first = position.get("batch", 0)
-        loss_sum = torch.tensor(position.get("loss_sum", 0.0), dtype=torch.float64)
+        loss_sum = position.get("loss_sum", 0.0)
         correct = torch.tensor(position.get("correct", 0), dtype=torch.long)
         seen = position.get("seen", 0)
         self.model.train()
@@ -205,9 +205,10 @@ class Trainer:
                     callback.on_batch_begin(self, x, y)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss, logits = self.method.training_loss(self, x, y)
-                if not torch.isfinite(loss):
+                value = loss.item()  # one sync serves the divergence check and the running mean
+                if not math.isfinite(value):
                     raise TrainingDiverged(
-                        f"the training loss became {loss.item()} at epoch {epoch}, batch "
+                        f"the training loss became {value} at epoch {epoch}, batch "
                         f"{index + 1}: lower the learning rate (now {self.config.lr})"
                     )
                 loss.backward()
@@ -216,23 +217,23 @@ class Trainer:
                 self.optimizer.step()
                 self.step += 1
                 detached = loss.detach()
-                loss_sum += detached.double() * len(y)
+                loss_sum += value * len(y)
                 correct += (logits.detach().argmax(1) == y).sum()
                 seen += len(y)
                 for callback in self.callbacks:
                     callback.on_batch_end(self, detached)
                 if bar.disable is False and index % 10 == 0:
                     bar.set_postfix_str(
-                        f"loss {loss_sum.item() / seen:.4f} acc {correct.item() / seen:.3f} "
+                        f"loss {loss_sum / seen:.4f} acc {correct.item() / seen:.3f} "
                         f"widths {self._width_text()}", refresh=False)
                 bar.update(1)
         except KeyboardInterrupt:
             self._position = {"epoch_rng": epoch_rng, "batch": index, "seen": seen,
-                              "loss_sum": loss_sum.item(), "correct": correct.item()}
+                              "loss_sum": loss_sum, "correct": correct.item()}
             raise
         finally:
             bar.close()
-        return loss_sum.item() / max(seen, 1), correct.item() / max(seen, 1)
+        return loss_sum / max(seen, 1), correct.item() / max(seen, 1)
 
     def _width_text(self) -> str:
         return "-".join(str(w) for w in self.method.live_widths(self.model).values())
