@@ -133,6 +133,11 @@ class Trainer:
         self._position: dict[str, Any] | None = None  # set when resuming mid-epoch
         self._logger = None
 
+    @property
+    def mid_epoch(self) -> bool:
+        """True when restored from a checkpoint saved part-way through an epoch (Ctrl-C)."""
+        return self._position is not None
+
     # ------------------------------------------------------------------ helpers for policies
     def log_event(self, text: str) -> None:
         """Record a structural event (shown in the progress output, metrics and report)."""

@@ -152,7 +152,7 @@ def resume_run(
         config.train.progress = progress
     _, trainer = _build(config, callbacks)
     trainer.restore(Path(run_dir) / "checkpoint")
-    if trainer.epoch >= config.train.epochs and trainer._position is None:
+    if trainer.epoch >= config.train.epochs and not trainer.mid_epoch:
         raise RunDirectoryError(
             f"the run in {run_dir} already finished its {trainer.epoch} epochs; nothing to resume "
             f"(`neuroplast report {run_dir}` rewrites its report)"
