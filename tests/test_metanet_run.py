@@ -4,12 +4,11 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
+from run_helpers import InterruptAt, assert_same_run, epoch_metrics
 
 from neuroplast import cli
 from neuroplast.core.checkpoint import load_checkpoint
 from neuroplast.methods import build_method
-from neuroplast.train import Callback
 from neuroplast.train.loop import TrainConfig
 from neuroplast.train.run import RunConfig, resume_run, train_run
 
@@ -31,39 +30,8 @@ def _config(out, proliferation="division", epochs=6, **options):
                                        threads=1))
 
 
-class InterruptAt(Callback):
-    """Raise KeyboardInterrupt at a given epoch and batch, as Ctrl-C would."""
-
-    def __init__(self, epoch, batch):
-        self.epoch, self.batch, self.seen = epoch, batch, 0
-
-    def on_epoch_begin(self, trainer, epoch):
-        self.seen = 0
-
-    def on_batch_begin(self, trainer, inputs, targets):
-        self.seen += 1
-        if trainer.epoch + 1 == self.epoch and self.seen == self.batch:
-            raise KeyboardInterrupt
-
-
-def _metrics(run_dir):
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    for row in rows:
-        row.pop("seconds")
-    return rows
-
-
-def _assert_same_run(a, b):
-    assert _metrics(a) == _metrics(b)
-    state_a = load_checkpoint(a / "checkpoint").model.state_dict()
-    state_b = load_checkpoint(b / "checkpoint").model.state_dict()
-    assert state_a.keys() == state_b.keys()
-    for name in state_a:
-        assert torch.equal(state_a[name], state_b[name]), name
-
-
 def _events(run_dir):
-    return [event for row in _metrics(run_dir) for event in row["events"]]
+    return [event for row in epoch_metrics(run_dir) for event in row["events"]]
 
 
 @pytest.mark.parametrize("proliferation", ["division", "random", "gradient"])
@@ -71,7 +39,7 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tmp_path, proli
     straight = train_run(_config(tmp_path / "straight", proliferation))
     events = _events(tmp_path / "straight")
     assert any("proliferation" in e for e in events) and any("autophagy" in e for e in events)
-    assert len({row["widths"]["fc1"] for row in _metrics(tmp_path / "straight")}) > 2
+    assert len({row["widths"]["fc1"] for row in epoch_metrics(tmp_path / "straight")}) > 2
     # Ctrl-C in the middle of a cycle's statistics, then again at an epoch boundary.
     cut = tmp_path / "cut"
     summary = train_run(_config(cut, proliferation), callbacks=[InterruptAt(epoch=3, batch=5)])
@@ -81,20 +49,20 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tmp_path, proli
     assert summary["stopped_early"] == "interrupted"
     resumed = resume_run(cut)
     assert resumed["stopped_early"] is None and resumed["final_widths"] == straight["final_widths"]
-    _assert_same_run(tmp_path / "straight", cut)
+    assert_same_run(tmp_path / "straight", cut)
 
 
 def test_seeded_metanet_runs_repeat_exactly(tmp_path):
     train_run(_config(tmp_path / "a", "gradient", epochs=4))
     train_run(_config(tmp_path / "b", "gradient", epochs=4))
-    _assert_same_run(tmp_path / "a", tmp_path / "b")
+    assert_same_run(tmp_path / "a", tmp_path / "b")
 
 
 def test_a_converged_run_stops_early_and_logs_neuron_epochs(tmp_path):
     config = _config(tmp_path, "none", epochs=12, autophagy=False, stable_cycles=2,
                      plateau_threshold=1.0)
     summary = train_run(config)
-    rows = _metrics(tmp_path)
+    rows = epoch_metrics(tmp_path)
     # Every cycle counts as "no improvement" at threshold 1.0, so: cycles 1-3, fine-tune 4.
     assert summary["epochs"] == 4 and summary["stopped_early"] is None
     assert [row["method"]["phase"] for row in rows] == [0, 0, 1, 2]

@@ -1,13 +1,13 @@
 """The NPN policy: schedule, gate placement, penalty, k = inf as plain training, pruning and
 compaction, expansion (mask vs physical), exact resume, bad input."""
 
-import json
 import math
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from run_helpers import InterruptAt, assert_same_states, epoch_metrics
 from torch import nn
 
 from neuroplast.cli import config_from_options, main, read_recipe
@@ -337,19 +337,6 @@ def test_resnet_gates_keep_batchnorm_statistics_and_compact_identically():
 
 
 # ----------------------------------------------------------------------------- checkpoints
-class InterruptAt(Callback):
-    def __init__(self, epoch, batch):
-        self.epoch, self.batch, self.seen = epoch, batch, 0
-
-    def on_epoch_begin(self, trainer, epoch):
-        self.seen = 0
-
-    def on_batch_begin(self, trainer, inputs, targets):
-        self.seen += 1
-        if trainer.epoch + 1 == self.epoch and self.seen == self.batch:
-            raise KeyboardInterrupt
-
-
 def _run_config(out, gate_optimizer="shared"):
     options = dict(mode="expand", implementation="physical", k=7.0, stages=(0.1, 0.8),
                    lambdas=[1e-5, 1e-4], gate_lr=0.05, init_sizes=[3, 3], wake_logit=2.0,
@@ -362,13 +349,6 @@ def _run_config(out, gate_optimizer="shared"):
                      method_options=options)
 
 
-def _metrics(run_dir):
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    for row in rows:
-        row.pop("seconds")
-    return rows
-
-
 @pytest.mark.parametrize("gate_optimizer", ["shared", "adam"])
 def test_resume_of_an_npn_run_equals_an_uninterrupted_run(tmp_path, gate_optimizer):
     straight = train_run(_run_config(tmp_path / "straight", gate_optimizer))
@@ -378,8 +358,8 @@ def test_resume_of_an_npn_run_equals_an_uninterrupted_run(tmp_path, gate_optimiz
     resumed = resume_run(tmp_path / "cut")
     for key in ("test_accuracy", "val_accuracy", "final_widths", "params"):
         assert resumed[key] == straight[key]
-    assert _metrics(tmp_path / "cut") == _metrics(tmp_path / "straight")
-    assert any("woke" in event for row in _metrics(tmp_path / "straight")
+    assert epoch_metrics(tmp_path / "cut") == epoch_metrics(tmp_path / "straight")
+    assert any("woke" in event for row in epoch_metrics(tmp_path / "straight")
                for event in row["events"])
     def load(run):  # a checkpoint of an NPN run loads into a model with NPN's gates
         model = build_model("mlp", (100,), 2, widths=[80])
@@ -387,10 +367,8 @@ def test_resume_of_an_npn_run_equals_an_uninterrupted_run(tmp_path, gate_optimiz
         return load_checkpoint(run / "checkpoint", model=model)
 
     a, b = load(tmp_path / "straight"), load(tmp_path / "cut")
-    state_a, state_b = a.model.state_dict(), b.model.state_dict()
-    assert state_a.keys() == state_b.keys()
-    for name in state_a:
-        assert torch.equal(state_a[name], state_b[name]), name
+    state_a = a.model.state_dict()
+    assert_same_states(state_a, b.model.state_dict())
     assert a.method_state["allocated"] == b.method_state["allocated"]
     if gate_optimizer == "adam":
         moments = [state["exp_avg"] for state in a.method_state["gate_optimizer"]["state"].values()]

@@ -8,6 +8,7 @@ import textwrap
 
 import pytest
 import torch
+from run_helpers import InterruptAt, assert_same_run
 
 from neuroplast.core.checkpoint import load_checkpoint
 from neuroplast.train import Callback
@@ -22,40 +23,6 @@ def _config(out, epochs=4, **train):
                      out=str(out), train=TrainConfig(**options))
 
 
-class InterruptAt(Callback):
-    """Raise ``error`` at a given epoch and batch, as Ctrl-C or a crash would."""
-
-    def __init__(self, epoch, batch, error=KeyboardInterrupt):
-        self.epoch, self.batch, self.error, self.seen = epoch, batch, error, 0
-
-    def on_epoch_begin(self, trainer, epoch):
-        self.seen = 0
-
-    def on_batch_begin(self, trainer, inputs, targets):
-        self.seen += 1
-        if trainer.epoch + 1 == self.epoch and self.seen == self.batch:
-            raise self.error()
-
-
-def _final_state(run_dir):
-    return load_checkpoint(run_dir / "checkpoint").model.state_dict()
-
-
-def _metrics(run_dir):
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    for row in rows:
-        row.pop("seconds")
-    return rows
-
-
-def _assert_same_run(a, b):
-    assert _metrics(a) == _metrics(b)
-    state_a, state_b = _final_state(a), _final_state(b)
-    assert state_a.keys() == state_b.keys()
-    for name in state_a:
-        assert torch.equal(state_a[name], state_b[name]), name
-
-
 def test_ctrl_c_saves_mid_epoch_and_resume_equals_an_uninterrupted_run(tmp_path):
     train_run(_config(tmp_path / "straight"))
     summary = train_run(_config(tmp_path / "cut"), callbacks=[InterruptAt(epoch=3, batch=7)])
@@ -63,7 +30,7 @@ def test_ctrl_c_saves_mid_epoch_and_resume_equals_an_uninterrupted_run(tmp_path)
     assert load_checkpoint(tmp_path / "cut" / "checkpoint").extra["position"]["batch"] == 6
     resumed = resume_run(tmp_path / "cut")
     assert resumed["epochs"] == 4 and resumed["stopped_early"] is None
-    _assert_same_run(tmp_path / "straight", tmp_path / "cut")
+    assert_same_run(tmp_path / "straight", tmp_path / "cut")
 
 
 KILL_MID_EPOCH = textwrap.dedent(
@@ -92,7 +59,7 @@ def test_killed_mid_epoch_then_resumed_equals_an_uninterrupted_run(tmp_path):
     assert done.returncode == -signal.SIGKILL
     assert load_checkpoint(tmp_path / "killed" / "checkpoint").epoch == 2
     resume_run(tmp_path / "killed")
-    _assert_same_run(tmp_path / "straight", tmp_path / "killed")
+    assert_same_run(tmp_path / "straight", tmp_path / "killed")
 
 
 class PoisonAt(Callback):
@@ -130,7 +97,7 @@ def test_run_directory_holds_what_it_promises(tmp_path):
 def test_seeded_runs_repeat_exactly(tmp_path):
     train_run(_config(tmp_path / "a", epochs=2))
     train_run(_config(tmp_path / "b", epochs=2))
-    _assert_same_run(tmp_path / "a", tmp_path / "b")
+    assert_same_run(tmp_path / "a", tmp_path / "b")
 
 
 def test_resuming_a_finished_run_is_refused(tmp_path):
