@@ -8,7 +8,9 @@ from typing import Any
 from ..train.callbacks import Method
 from .fixed import FixedWidth
 from .metanet import MetaNet
+from .net2net import Net2Net
 from .npn import NPN
+from .structured import APoZPruning, MagnitudePruning
 
 METHODS: dict[str, type[Method]] = {}
 
@@ -46,6 +48,9 @@ def build_method(name: str, options: dict[str, Any] | None = None) -> Method:
 register_method(FixedWidth)
 register_method(NPN)
 register_method(MetaNet)
+register_method(MagnitudePruning)
+register_method(APoZPruning)
+register_method(Net2Net)
 
 __all__ = ["METHODS", "FixedWidth", "UnknownMethodError", "build_method", "method_fields",
            "register_method"]
