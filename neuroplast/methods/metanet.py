@@ -29,13 +29,13 @@ the trainer's optimizer carried along.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..core.groups import find_unit_groups
-from ..train.callbacks import Method
+from ..train.callbacks import Method, option
 from .expression import (
     ExpressionMonitor,
     UnitStats,
@@ -55,9 +55,6 @@ TRIGGERS = ("plateau", "schedule")
 PHASES = ("metabolism", "finetune", "done")
 
 
-def _option(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
-
 
 @dataclass
 class MetaNet(Method):
@@ -73,51 +70,51 @@ class MetaNet(Method):
     name = "metanet"
     description = "MetaNet: neurons proliferate and are removed by autophagy in cycles"
 
-    proliferation: str = _option(
+    proliferation: str = option(
         "division", "how neurons are born: division (a copy of an expressed parent), random, "
                     "gradient (GradMax-like) or none (autophagy only)")
-    autophagy: bool = _option(True, "remove under-expressed neurons")
-    layers: str = _option(
+    autophagy: bool = option(True, "remove under-expressed neurons")
+    layers: str = option(
         "first", "which hidden layers metabolise: first, all, or names like fc1,fc2")
-    cycle_epochs: int = _option(1, "epochs per metabolism cycle")
-    trigger: str = _option(
+    cycle_epochs: int = option(1, "epochs per metabolism cycle")
+    trigger: str = option(
         "plateau", "when to proliferate: plateau (the validation loss stalled) or schedule "
                    "(every cycle for the first schedule-cycles cycles)")
-    plateau_threshold: float = _option(
+    plateau_threshold: float = option(
         0.1, "trigger plateau: grow when a cycle improves the best validation loss by less "
               "than this fraction (not when it got worse while the training loss still "
               "improves by more: that network is memorising, not short of neurons)")
-    schedule_cycles: int = _option(5, "trigger schedule: grow at each of the first N cycles")
-    growth_fraction: float = _option(0.5, "neurons added per event, as a fraction of the width")
-    growth_min: int = _option(4, "at least this many neurons per proliferation event")
-    max_width: int = _option(4096, "never grow a layer beyond this width")
-    division_noise: float = _option(
+    schedule_cycles: int = option(5, "trigger schedule: grow at each of the first N cycles")
+    growth_fraction: float = option(0.5, "neurons added per event, as a fraction of the width")
+    growth_min: int = option(4, "at least this many neurons per proliferation event")
+    max_width: int = option(4096, "never grow a layer beyond this width")
+    division_noise: float = option(
         0.05, "division: std of the noise on the copy's fan-in, relative to std(W_in)")
-    birth_fanout_std: float = _option(
+    birth_fanout_std: float = option(
         0.0, "random birth: fan-out std relative to std(W_out) (0 keeps outputs unchanged)")
-    gradient_eps: float = _option(
+    gradient_eps: float = option(
         0.1, "gradient birth: bias of new units, in stds of the layer's pre-activations, so "
              "ReLU passes their fan-in gradient (absorbed by the next bias: outputs unchanged)")
-    gradient_samples: int = _option(
+    gradient_samples: int = option(
         1024, "gradient birth: training samples the gradient direction is estimated on")
-    autophagy_threshold: float = _option(
+    autophagy_threshold: float = option(
         0.3, "a neuron is under-expressed below this fraction of its layer's mean expression")
-    dead_fraction: float = _option(
+    dead_fraction: float = option(
         0.99, "...or when its activation is zero on at least this fraction of samples")
-    autophagy_patience: int = _option(
+    autophagy_patience: int = option(
         2, "remove a neuron after this many consecutive under-expressed cycles")
-    protect_cycles: int = _option(1, "newborn neurons are not judged for this many cycles")
-    max_removal: float = _option(0.3, "remove at most this fraction of a layer per cycle")
-    min_width: int = _option(8, "never shrink a layer below this width")
-    fold_bias: bool = _option(True, "fold removed neurons' mean output into the next bias")
-    warm_moments: bool = _option(
+    protect_cycles: int = option(1, "newborn neurons are not judged for this many cycles")
+    max_removal: float = option(0.3, "remove at most this fraction of a layer per cycle")
+    min_width: int = option(8, "never shrink a layer below this width")
+    fold_bias: bool = option(True, "fold removed neurons' mean output into the next bias")
+    warm_moments: bool = option(
         True, "random and gradient births start with their layer's mean Adam second moment, "
               "not zero (division copies keep zero: their larger first steps help them "
               "diverge from their parents)")
-    stable_cycles: int = _option(
+    stable_cycles: int = option(
         3, "stop metabolising after this many cycles without a size change or a validation "
            "improvement")
-    finetune_epochs: int = _option(2, "fixed-width epochs that close the run")
+    finetune_epochs: int = option(2, "fixed-width epochs that close the run")
 
     def __post_init__(self) -> None:
         self._check_options()
@@ -162,20 +159,20 @@ class MetaNet(Method):
             fail("proliferation", f"must be one of {', '.join(PROLIFERATIONS)}")
         if self.trigger not in TRIGGERS:
             fail("trigger", f"must be one of {', '.join(TRIGGERS)}")
-        for option in ("autophagy", "fold_bias", "warm_moments"):
-            if not isinstance(getattr(self, option), bool):
-                fail(option, "must be true or false")
+        for flag in ("autophagy", "fold_bias", "warm_moments"):
+            if not isinstance(getattr(self, flag), bool):
+                fail(flag, "must be true or false")
         if not isinstance(self.layers, str) or not self.layers.strip():
             fail("layers", "must be 'first', 'all' or comma-separated layer names")
-        for option, low in (("cycle_epochs", 1), ("schedule_cycles", 0), ("growth_min", 1),
+        for name, low in (("cycle_epochs", 1), ("schedule_cycles", 0), ("growth_min", 1),
                             ("max_width", 1), ("gradient_samples", 1), ("autophagy_patience", 1),
                             ("protect_cycles", 0), ("min_width", 1), ("stable_cycles", 1),
                             ("finetune_epochs", 0)):
-            integer(option, low)
-        for option in ("plateau_threshold", "growth_fraction",
+            integer(name, low)
+        for name in ("plateau_threshold", "growth_fraction",
                        "division_noise", "birth_fanout_std", "autophagy_threshold"):
-            if number(option) < 0:
-                fail(option, "must be >= 0")
+            if number(name) < 0:
+                fail(name, "must be >= 0")
         if not 0 < number("gradient_eps") < math.inf:
             fail("gradient_eps", "must be a positive number")
         if not 0 < number("dead_fraction") <= 1:

@@ -9,20 +9,17 @@ optional ``noise`` that lets the copies diverge).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..core.groups import find_unit_groups
-from ..train.callbacks import Method
+from ..train.callbacks import Method, option
 
 if TYPE_CHECKING:
     from ..train.loop import Trainer
 
-
-def _option(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
 
 
 @dataclass
@@ -31,11 +28,11 @@ class Net2Net(Method):
 
     name = "net2net"
     description = "Net2Net widening: function-preserving unit copies on a schedule"
-    factor: float = _option(1.5, "width multiplier per widening event")
-    every: int = _option(2, "epochs between widening events")
-    events: int = _option(3, "number of widening events")
-    noise: float = _option(0.01, "std of the noise on a copy's fan-in, relative to std(W_in)")
-    layers: str = _option("all", "layers to widen: all, or names such as fc1,fc2")
+    factor: float = option(1.5, "width multiplier per widening event")
+    every: int = option(2, "epochs between widening events")
+    events: int = option(3, "number of widening events")
+    noise: float = option(0.01, "std of the noise on a copy's fan-in, relative to std(W_in)")
+    layers: str = option("all", "layers to widen: all, or names such as fc1,fc2")
 
     def __post_init__(self) -> None:
         if not self.factor > 1:

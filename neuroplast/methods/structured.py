@@ -10,20 +10,17 @@ step when the two epochs are equal: one-shot pruning); the remaining epochs fine
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..core.groups import UnitGroup, find_unit_groups
-from ..train.callbacks import Method
+from ..train.callbacks import Method, option
 
 if TYPE_CHECKING:
     from ..train.loop import Trainer
 
-
-def _option(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
 
 
 @dataclass
@@ -31,12 +28,12 @@ class StructuredPruning(Method):
     """Gradual (or one-shot) structured pruning to a target width; subclasses define the score."""
 
     name = "structured"
-    keep: float = _option(0.5, "fraction of each pruned layer's starting units kept at the end")
-    start_epoch: int = _option(1, "prune first at the end of this epoch")
-    end_epoch: int = _option(0, "prune last at the end of this epoch (0: half the epochs; "
+    keep: float = option(0.5, "fraction of each pruned layer's starting units kept at the end")
+    start_epoch: int = option(1, "prune first at the end of this epoch")
+    end_epoch: int = option(0, "prune last at the end of this epoch (0: half the epochs; "
                                 "equal to start-epoch: one-shot)")
-    layers: str = _option("all", "layers to prune: all, or names such as fc1,fc2")
-    min_width: int = _option(1, "never prune a layer below this many units")
+    layers: str = option("all", "layers to prune: all, or names such as fc1,fc2")
+    min_width: int = option(1, "never prune a layer below this many units")
 
     def __post_init__(self) -> None:
         if not 0 < self.keep <= 1:
@@ -119,7 +116,7 @@ class APoZPruning(StructuredPruning):
 
     name = "apoz"
     description = "structured pruning of the units most often zero (APoZ), then fine-tuning"
-    samples: int = _option(2000, "validation examples the zero rate is measured on")
+    samples: int = option(2000, "validation examples the zero rate is measured on")
 
     @torch.no_grad()
     def scores(self, trainer: Trainer, group: UnitGroup) -> torch.Tensor:

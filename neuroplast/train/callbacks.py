@@ -21,6 +21,16 @@ if TYPE_CHECKING:  # only for type hints; the loop imports this module
     from .loop import Trainer
 
 
+def option(default: Any, help: str) -> Any:
+    """A method hyper-parameter: a dataclass field whose ``help`` the command line shows.
+
+    Example: ``keep: float = option(0.5, "fraction of units kept")`` becomes ``--<method>-keep``.
+    """
+    from dataclasses import field
+
+    return field(default=default, metadata={"help": help})
+
+
 class Callback:
     """Hooks called by :class:`~neuroplast.train.loop.Trainer`; all optional, all no-ops here."""
 
