@@ -4,12 +4,13 @@ import math
 
 import pytest
 import torch
+from run_helpers import InterruptAt, assert_same_run
 
 from neuroplast.data import load_dataset
 from neuroplast.methods import build_method
 from neuroplast.models import build_model
 from neuroplast.train.loop import TrainConfig, Trainer
-from neuroplast.train.run import RunConfig, train_run
+from neuroplast.train.run import RunConfig, resume_run, train_run
 
 
 @pytest.fixture(scope="module")
@@ -113,3 +114,20 @@ def test_unknown_layer_is_named(digits):
                       TrainConfig(progress=False))
     with pytest.raises(ValueError, match="fc9"):
         method.on_train_begin(trainer)
+
+
+@pytest.mark.parametrize("name,options", [
+    ("magnitude", {"keep": 0.3, "start_epoch": 1, "end_epoch": 4}),
+    ("net2net", {"factor": 1.5, "every": 1, "events": 3}),
+])
+def test_interrupted_baseline_run_resumes_to_the_same_result(tmp_path, name, options):
+    def config(out):
+        return RunConfig(method=name, model="mlp", dataset="digits", widths=[12], out=str(out),
+                         method_options=options,
+                         train=TrainConfig(epochs=5, lr=0.01, progress=False, threads=1))
+
+    train_run(config(tmp_path / "straight"))
+    cut = train_run(config(tmp_path / "cut"), callbacks=[InterruptAt(epoch=3, batch=4)])
+    assert cut["stopped_early"] == "interrupted"
+    resume_run(tmp_path / "cut")
+    assert_same_run(tmp_path / "straight", tmp_path / "cut")
