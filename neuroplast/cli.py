@@ -1,7 +1,8 @@
 """The ``neuroplast`` command: argument parsing only; every action is a Python API call.
 
     neuroplast train [--method M --model A --dataset D ...] [--config recipe.toml]
-    neuroplast resume DIR
+                     [--distributed [--nproc-per-node N]]
+    neuroplast resume DIR [--distributed [--nproc-per-node N]]
     neuroplast report DIR
     neuroplast export DIR --format torchscript|onnx
     neuroplast list
@@ -19,6 +20,7 @@ from typing import Any
 
 from .core.checkpoint import CheckpointError
 from .data import DATASETS, DataError
+from .distributed import DistributedError
 from .export import ExportError
 from .methods import METHODS, method_fields
 from .models import MODELS
@@ -65,6 +67,24 @@ def _option_type(annotation: str):
 
 def _method_flag(method: str, option: str) -> str:
     return f"--{method}-{option.replace('_', '-')}"
+
+
+DISTRIBUTED_OPTIONS = ("distributed", "nproc_per_node", "dist_backend", "dist_timeout")
+
+
+def _add_distributed_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("data-parallel training (PyTorch DDP)")
+    group.add_argument("--distributed", action="store_true",
+                       help="train data-parallel: join the process group torchrun started "
+                            "(`torchrun --nproc_per_node N -m neuroplast train ...`)")
+    group.add_argument("--nproc-per-node", type=int, default=None,
+                       help="start N processes on this machine through torchrun (implies "
+                            "--distributed)")
+    group.add_argument("--dist-backend", choices=("gloo", "nccl"), default=None,
+                       help="gloo (CPU) or nccl (GPUs); default nccl when CUDA is available")
+    group.add_argument("--dist-timeout", type=float, default=300.0,
+                       help="seconds a rank waits for a silent peer before stopping "
+                            "(default 300)")
 
 
 def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -169,9 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser("train", help="train a run (no options: the default job)")
     _add_train_arguments(train)
+    _add_distributed_arguments(train)
     resume = commands.add_parser("resume", help="continue an interrupted run")
     resume.add_argument("run_dir")
     resume.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+    _add_distributed_arguments(resume)
     report = commands.add_parser("report", help="(re)write a run's report.md and plots")
     report.add_argument("run_dir")
     export = commands.add_parser("export", help="export a run's compact model")
@@ -189,16 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     from .train import run
 
     try:
-        if args.command == "train":
-            options = {k: v for k, v in vars(args).items() if k != "command"}
-            config = config_from_options(options, "neuroplast " + shlex.join(argv))
-            summary = run.train_run(config)
-            _print_summary(config.run_dir(), summary)
-            return 0 if summary["stopped_early"] in (None, "interrupted") else 1
-        if args.command == "resume":
-            summary = run.resume_run(args.run_dir, progress=args.progress)
-            _print_summary(Path(args.run_dir), summary)
-            return 0 if summary["stopped_early"] in (None, "interrupted") else 1
+        if args.command in ("train", "resume"):
+            return _train_or_resume(args, argv)
         if args.command == "report":
             from .report import write_report
 
@@ -214,9 +228,38 @@ def main(argv: list[str] | None = None) -> int:
         print("datasets:", ", ".join(DATASETS))
         return 0
     except (DataError, CheckpointError, RunDirectoryError, ExportError, ValueError,
-            FileNotFoundError) as error:
+            FileNotFoundError, DistributedError) as error:
         print(f"neuroplast: error: {error}", file=sys.stderr)
         return 2
+
+
+def _train_or_resume(args: argparse.Namespace, argv: list[str]) -> int:
+    from .distributed import init_distributed, launch_local, launched_by_torchrun
+    from .train import run
+
+    wanted = args.distributed or args.nproc_per_node is not None
+    if wanted and not launched_by_torchrun():
+        if args.nproc_per_node is None:
+            init_distributed()  # raises the error that explains how to launch
+        return launch_local(args.nproc_per_node, argv)
+    distributed = (init_distributed(args.dist_backend, args.dist_timeout) if wanted else None)
+    try:
+        if args.command == "train":
+            options = {k: v for k, v in vars(args).items()
+                       if k != "command" and k not in DISTRIBUTED_OPTIONS}
+            config = config_from_options(options, "neuroplast " + shlex.join(argv))
+            summary = run.train_run(config, distributed=distributed)
+            run_dir = config.run_dir()
+        else:
+            summary = run.resume_run(args.run_dir, progress=args.progress,
+                                     distributed=distributed)
+            run_dir = Path(args.run_dir)
+    finally:
+        if distributed is not None:
+            distributed.close()
+    if distributed is None or distributed.is_main:
+        _print_summary(run_dir, summary)
+    return 0 if summary["stopped_early"] in (None, "interrupted") else 1
 
 
 def _print_summary(run_dir: Path, summary: dict[str, Any]) -> None:

@@ -303,7 +303,7 @@ def _fake_trainer(model, epochs=20, x=None, y=None):
         model=model, optimizer=torch.optim.Adam(model.parameters(), lr=1e-3),
         config=SimpleNamespace(epochs=epochs, seed=0), last_metrics={}, events=[],
         data=SimpleNamespace(x_train=x, y_train=y), stop_training=False,
-        log_event=lambda text: None)
+        log_event=lambda text: None, all_reduce_sum_=lambda tensor: tensor)
 
 
 def _script(method, trainer, losses):

@@ -267,6 +267,8 @@ def arm_loss(
     inputs: torch.Tensor,
     targets: torch.Tensor,
     loss_fn: Callable[..., torch.Tensor] = F.cross_entropy,
+    draw_rows: tuple[int, torch.Tensor] | None = None,
+    gradient_scale: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The data loss of one training batch, with the ARM gradient of every gate's ``phi``.
 
@@ -287,6 +289,11 @@ def arm_loss(
     is ``k * sum_i (F1 - F2) (u_ij - 1/2)`` with the batch-mean losses ``F`` instead, which
     stays unbiased.
 
+    For data-parallel training, where ``inputs`` are some rows of a larger batch:
+    ``draw_rows = (global batch size, rows)`` makes per-example draws for the whole batch and
+    keeps these rows, so every process draws what one process on the whole batch would; and
+    ``gradient_scale`` weights this process's ARM term like its loss (its share of the batch).
+
     Returns ``(mean loss of the main pass, its logits)``.
     """
     random_gates = [gate for gate in gates if gate.training and gate.stochastic]
@@ -296,7 +303,12 @@ def arm_loss(
         logits = model(inputs)
         return loss_fn(logits, targets), logits
     batch = inputs.shape[0]
-    draws = {gate: gate.draw(batch) for gate in random_gates}
+    if draw_rows is None:
+        draws = {gate: gate.draw(batch) for gate in random_gates}
+    else:
+        size, rows = draw_rows
+        draws = {gate: gate.draw(size)[rows] if gate.per_example else gate.draw(size)
+                 for gate in random_gates}
     for gate, u in draws.items():
         gate.stage_draws(u)
     state = _rng_state(inputs.device)
@@ -321,7 +333,7 @@ def arm_loss(
         else:
             difference = (other - main_detached).reshape(batch, *([1] * gate.phi.dim()))
             grad = (difference * u).mean(0)
-        grad = gate.k * grad
+        grad = gate.k * gradient_scale * grad
         if gate.phi.grad is None:
             gate.phi.grad = grad
         else:

@@ -13,7 +13,7 @@ when they run.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -84,6 +84,16 @@ class UnitStats:
         self.sum += h.sum(0, dtype=torch.float64)
         self.zeros += (h == 0).sum(0, dtype=torch.float64)
         self.count += h.shape[0]
+
+    def reduce(self, all_reduce_sum_: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Sum the statistics over data-parallel ranks (``trainer.all_reduce_sum_``) in place."""
+        width = self.width
+        packed = torch.cat([self.abs_sum, self.sum, self.zeros,
+                            torch.tensor([float(self.count)], dtype=torch.float64)])
+        all_reduce_sum_(packed)
+        self.abs_sum, self.sum, self.zeros = (packed[i * width : (i + 1) * width].clone()
+                                              for i in range(3))
+        self.count = int(packed[-1])
 
     def mean_abs(self) -> torch.Tensor:
         """Mean absolute activation per unit."""

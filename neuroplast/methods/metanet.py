@@ -278,6 +278,8 @@ class MetaNet(Method):
 
         scores: dict[str, torch.Tensor] = {}
         shrunk: set[str] = set()
+        for layer in sorted(self._monitor.stats):  # the same order on every rank
+            self._monitor.stats[layer].reduce(trainer.all_reduce_sum_)
         for layer in self._layers:
             units = self._units[layer]
             units["age"] += 1

@@ -294,8 +294,15 @@ class NPN(Method):
         gates = [layer.gate for layer in self._layers]
         if self._gate_optimizer is not None:
             self._gate_optimizer.zero_grad(set_to_none=True)  # the run's optimizer does not
-        loss, logits = arm_loss(trainer.model, gates, inputs, targets)
+        # A hand-written loop without data parallelism may pass any object with a ``model``.
+        loss, logits = arm_loss(getattr(trainer, "train_model", trainer.model), gates, inputs,
+                                targets, draw_rows=getattr(trainer, "batch_rows", None),
+                                gradient_scale=getattr(trainer, "loss_scale", 1.0))
         return loss + self.penalty(trainer), logits
+
+    def manual_gradient_parameters(self, model: nn.Module) -> list[nn.Parameter]:
+        """Every gate's ``phi``: ARM writes its data gradient outside autograd."""
+        return [self._gate(model, layer).phi for layer in self._layers]
 
     # ----------------------------------------------------------------- callbacks
     def on_train_begin(self, trainer: Trainer) -> None:

@@ -6,7 +6,8 @@ changes size and calls the core's ``grow_units`` / ``prune_units`` (through the 
 never writes files; the trainer does.
 
 The same hooks can drive a hand-written loop: call them where the comments say, with any object
-that has ``model``, ``optimizer`` and ``epoch`` attributes and the helper methods used.
+that has ``model``, ``optimizer`` and ``epoch`` attributes and the helper methods used
+(``all_reduce_sum_`` may simply return its argument in one process).
 """
 
 from __future__ import annotations
@@ -92,11 +93,23 @@ class Method(Callback):
     def training_loss(
         self, trainer: Trainer, inputs: torch.Tensor, targets: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Loss to back-propagate and the logits, for one training batch."""
-        logits = trainer.model(inputs)
+        """Loss to back-propagate and the logits, for one training batch.
+
+        Run the forward pass through ``trainer.train_model`` (the DDP wrapper under
+        distributed training, else the model itself).
+        """
+        logits = getattr(trainer, "train_model", trainer.model)(inputs)
         loss = F.cross_entropy(logits, targets)
         extra = self.penalty(trainer)
         return (loss if extra is None else loss + extra), logits
+
+    def manual_gradient_parameters(self, model: nn.Module) -> list[nn.Parameter]:
+        """Parameters whose gradient the method writes outside autograd (NPN's ARM term).
+
+        Under DDP they are left out of the wrapper and the trainer averages their gradients
+        across ranks itself, after ``backward()`` and before ``after_backward``.
+        """
+        return []
 
     def metrics(self, trainer: Trainer) -> dict[str, float]:
         """Method-specific scalars logged each epoch (``k``, expected L0, ...)."""

@@ -5,6 +5,11 @@ the loss and resizes the model from its callbacks. Every epoch ends with a check
 everything needed to continue exactly (weights at their current widths, optimizer, scheduler,
 every random generator, the policy's state), so ``resume`` after a crash gives the same result
 as a run that never stopped. Ctrl-C saves a checkpoint at the exact batch and stops cleanly.
+
+With a :class:`~neuroplast.distributed.DistributedContext` the same loop trains data-parallel
+under DDP: each rank takes its share of every global batch, the model is re-wrapped after every
+resize, and the ranks are checked to agree after every point where a policy may act (see
+:mod:`neuroplast.distributed`). Only rank 0 writes files.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from ..core.count import count_model
 from ..core.groups import layer_widths
 from ..core.resize import grow_units, prune_units, split_units
 from ..data import DataSplits
+from ..distributed import DistributedContext, DistributedError, RankFailed, identity_key
 from .callbacks import Callback, Method
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -109,9 +115,13 @@ class Trainer:
         config: TrainConfig | None = None,
         run_dir: str | os.PathLike | None = None,
         callbacks: Sequence[Callback] = (),
+        distributed: DistributedContext | None = None,
     ) -> None:
         self.config = config or TrainConfig()
         self.config.validate()
+        self.distributed = distributed
+        if distributed is not None and not distributed.is_main:
+            self.config.progress = False  # one progress bar: rank 0's
         self.data = data
         self.method = method
         self.callbacks: list[Callback] = [method, *callbacks]
@@ -132,6 +142,65 @@ class Trainer:
         self.stopped_early: str | None = None
         self._position: dict[str, Any] | None = None  # set when resuming mid-epoch
         self._logger = None
+        self._ddp: nn.Module | None = None  # the DDP wrapper, rebuilt after every resize
+        self._ddp_key: tuple | None = None
+        self._checked_key: tuple | None = None
+        self.loss_scale = 1.0  # this rank's weight of its share of the batch (1 in one process)
+        self.batch_rows: tuple[int, torch.Tensor] | None = None  # (global size, rows) under DDP
+
+    @property
+    def is_main(self) -> bool:
+        """True in a single process and on rank 0: the process that writes files."""
+        return self.distributed is None or self.distributed.is_main
+
+    @property
+    def train_model(self) -> nn.Module:
+        """What training forward passes go through: the model, or its DDP wrapper.
+
+        Under DDP the wrapper is rebuilt whenever a resize replaced parameters, so gradient
+        buckets always match the current widths. Policies resize ``model``, never this.
+        """
+        if self.distributed is None:
+            return self.model
+        key = identity_key(self.model)
+        if self._ddp is None or key != self._ddp_key:
+            self._ddp = None  # release the old reducer's hooks before the new one is built
+            self._ddp = self.distributed.wrap(self.model, self._manual_gradient_names())
+            self._ddp_key = key
+        return self._ddp
+
+    def _manual_gradient_names(self) -> list[str]:
+        wanted = {id(p) for p in self.method.manual_gradient_parameters(self.model)}
+        return [name for name, p in self.model.named_parameters() if id(p) in wanted]
+
+    def all_reduce_sum_(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum ``tensor`` over data-parallel ranks in place (nothing in one process).
+
+        Policies call it on statistics gathered from their rank's batches (activation sums,
+        counts) before deciding from them, so every rank decides the same.
+        """
+        if self.distributed is not None:
+            self.distributed.all_reduce_sum_(tensor)
+        return tensor
+
+    def _agree(self, where: str, full: bool = False, diverged: bool = False) -> bool:
+        """Under DDP: check that the ranks hold the same model after a point a policy may act.
+
+        Cheap (one small all-reduce) unless some rank's parameters changed or ``full``; then
+        every parameter and buffer is compared too. Returns whether any rank's loss
+        ``diverged``, so all ranks stop together.
+        """
+        if self.distributed is None:
+            return diverged
+        key = identity_key(self.model)
+        changed, diverged = self.distributed.check_structure(
+            self.model, where, changed=key != self._checked_key, diverged=diverged)
+        if diverged:
+            return True  # NaN parameters compare unequal; the run stops anyway
+        if changed or full:
+            self.distributed.check_state(self.model, where)
+        self._checked_key = key
+        return False
 
     @property
     def mid_epoch(self) -> bool:
@@ -170,16 +239,21 @@ class Trainer:
             return float("nan"), float("nan")
         was_training = self.model.training
         self.model.eval()
-        total_loss = torch.zeros((), dtype=torch.float64)
-        correct = torch.zeros((), dtype=torch.long)
+        if self.distributed is not None:  # each rank evaluates its share; the sums are reduced
+            rank, world = self.distributed.rank, self.distributed.world_size
+            inputs, targets, total = inputs[rank::world], targets[rank::world], len(targets)
+        else:
+            total = len(targets)
+        sums = torch.zeros(2, dtype=torch.float64)  # summed loss, correct predictions
         for start in range(0, len(targets), self.config.eval_batch_size):
             x = inputs[start : start + self.config.eval_batch_size]
             y = targets[start : start + self.config.eval_batch_size]
             logits = self.model(x)
-            total_loss += F.cross_entropy(logits, y, reduction="sum").double()
-            correct += (logits.argmax(1) == y).sum()
+            sums[0] += F.cross_entropy(logits, y, reduction="sum").double()
+            sums[1] += (logits.argmax(1) == y).sum()
         self.model.train(was_training)
-        return total_loss.item() / len(targets), correct.item() / len(targets)
+        loss_sum, correct = self.all_reduce_sum_(sums).tolist()
+        return loss_sum / total, correct / total
 
     # ------------------------------------------------------------------ training
     def _batches(self, epoch_rng: torch.Tensor):
@@ -204,46 +278,90 @@ class Trainer:
         index = first
         try:
             for index in range(first, len(batches)):
-                x = self.data.x_train[batches[index]]
-                y = self.data.y_train[batches[index]]
+                rows = self._share(batches[index])
+                x = self.data.x_train[rows]
+                y = self.data.y_train[rows]
                 for callback in self.callbacks:
                     callback.on_batch_begin(self, x, y)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss, logits = self.method.training_loss(self, x, y)
+                if self.loss_scale != 1.0:
+                    loss_for_backward = loss * self.loss_scale
+                else:
+                    loss_for_backward = loss
                 value = loss.item()  # one sync serves the divergence check and the running mean
-                if not math.isfinite(value):
-                    raise TrainingDiverged(
-                        f"the training loss became {value} at epoch {epoch}, batch "
-                        f"{index + 1}: lower the learning rate (now {self.config.lr})"
-                    )
-                loss.backward()
+                if not math.isfinite(value) and self.distributed is None:
+                    self._diverged(value, epoch, index)
+                loss_for_backward.backward()
+                if self.distributed is not None:
+                    self.distributed.average_gradients_(
+                        self.method.manual_gradient_parameters(self.model))
                 for callback in self.callbacks:
                     callback.after_backward(self)
                 self.optimizer.step()
                 self.step += 1
                 detached = loss.detach()
-                loss_sum += value * len(y)
-                correct += (logits.detach().argmax(1) == y).sum()
-                seen += len(y)
+                if self.loss_scale:  # a rank with no share of this batch counts nothing
+                    loss_sum += value * len(y)
+                    correct += (logits.detach().argmax(1) == y).sum()
+                    seen += len(y)
                 for callback in self.callbacks:
                     callback.on_batch_end(self, detached)
+                if self._agree(f"after batch {index + 1} of epoch {epoch}",
+                               diverged=not math.isfinite(value)):
+                    self._diverged(value, epoch, index)  # on every rank at once
                 if bar.disable is False and index % 10 == 0:
                     bar.set_postfix_str(
                         f"loss {loss_sum / seen:.4f} acc {correct.item() / seen:.3f} "
                         f"widths {self._width_text()}", refresh=False)
                 bar.update(1)
         except KeyboardInterrupt:
-            self._position = {"epoch_rng": epoch_rng, "batch": index, "seen": seen,
-                              "loss_sum": loss_sum, "correct": correct.item()}
+            if self.distributed is None:  # a rank's partial sums are not the run's: epoch end
+                self._position = {"epoch_rng": epoch_rng, "batch": index, "seen": seen,
+                                  "loss_sum": loss_sum, "correct": correct.item()}
             raise
         finally:
             bar.close()
+            self.loss_scale, self.batch_rows = 1.0, None
+        if self.distributed is not None:
+            totals = torch.tensor([loss_sum, float(correct.item()), float(seen)],
+                                  dtype=torch.float64)
+            loss_sum, correct_total, seen = self.all_reduce_sum_(totals).tolist()
+            correct = torch.tensor(int(round(correct_total)))
         return loss_sum / max(seen, 1), correct.item() / max(seen, 1)
+
+    def _diverged(self, value: float, epoch: int, index: int) -> None:
+        raise TrainingDiverged(
+            f"the training loss became {value} at epoch {epoch}, batch {index + 1}: lower "
+            f"the learning rate (now {self.config.lr})")
+
+    def _share(self, rows: torch.Tensor) -> torch.Tensor:
+        """This process's rows of a global batch, setting ``loss_scale`` and ``batch_rows``.
+
+        DDP averages the ranks' gradients, so a rank's mean loss is weighted by its share of
+        the global batch times the number of ranks: the average is then the global batch's
+        mean gradient even when the batch does not split evenly.
+        """
+        if self.distributed is None:
+            return rows
+        world = self.distributed.world_size
+        positions = torch.arange(self.distributed.rank, len(rows), world)
+        if len(positions) == 0:
+            # More ranks than examples left: this rank joins with one row weighted zero.
+            self.loss_scale, self.batch_rows = 0.0, (len(rows), torch.zeros(1, dtype=torch.long))
+            return rows[:1]
+        self.loss_scale = len(positions) * world / len(rows)
+        self.batch_rows = (len(rows), positions)
+        return rows[positions]
 
     def _width_text(self) -> str:
         return "-".join(str(w) for w in self.method.live_widths(self.model).values())
 
     def _epoch_record(self, epoch: int, train: tuple[float, float], seconds: float):
+        if self.distributed is not None:
+            # Evaluate and decide with rank 0's BatchNorm statistics, as its checkpoint will.
+            self.distributed.broadcast_buffers_(self.model)
+            self.distributed.sync_rng_()
         val_loss, val_acc = self.evaluate(self.data.x_val, self.data.y_val)
         test_loss, test_acc = self.evaluate(self.data.x_test, self.data.y_test)
         self.last_metrics = {
@@ -253,6 +371,7 @@ class Trainer:
         }
         for callback in self.callbacks:
             callback.on_epoch_end(self, epoch)
+        self._agree(f"at the end of epoch {epoch}", full=True)
         live = self.method.live_model(self.model)
         count = count_model(live, self.data.input_shape)
         record = {
@@ -273,20 +392,24 @@ class Trainer:
         Raises nothing for a diverged loss or Ctrl-C: both stop the run, keep a usable
         checkpoint and set ``stopped_early``.
         """
-        if self.run_dir is not None:
+        if self.run_dir is not None and self.is_main:
             from ..report import MetricsLogger
 
             self._logger = MetricsLogger(self.run_dir, tensorboard=self.config.tensorboard)
             self._logger.truncate_to(self.epoch)
-        for callback in self.callbacks:
-            callback.on_train_begin(self)
         try:
+            for callback in self.callbacks:
+                callback.on_train_begin(self)
+            self._agree("when training starts", full=True)
             while self.epoch < self.config.epochs and not self.stop_training:
                 epoch = self.epoch + 1
                 started = time.perf_counter()
                 self.events = []
+                if self.distributed is not None:
+                    self.distributed.sync_rng_()
                 for callback in self.callbacks:
                     callback.on_epoch_begin(self, epoch)
+                self._agree(f"at the start of epoch {epoch}")
                 train = self._train_epoch(epoch)
                 if self.scheduler is not None:
                     self.scheduler.step()
@@ -302,11 +425,22 @@ class Trainer:
                 self.save()
             for callback in self.callbacks:
                 callback.on_train_end(self)
+            self._agree("when training ends", full=True)
             self.save()  # what on_train_end changed (a final compaction) is kept too
         except TrainingDiverged as error:
             self.stopped_early = f"diverged: {error}"
             self._say(f"training stopped: {error}. The last good checkpoint (epoch {self.epoch}) "
                       "is kept.")
+        except RuntimeError as error:
+            if (self.distributed is None or isinstance(error, DistributedError)
+                    or not _communication_failed(error)):
+                raise
+            raise RankFailed(
+                f"rank {self.distributed.rank}: another rank stopped answering during epoch "
+                f"{self.epoch + 1} ({type(error).__name__}: {str(error).splitlines()[0]}). The "
+                f"checkpoint of epoch {self.epoch} is kept: `neuroplast resume` continues it, "
+                "with any number of ranks"
+            ) from None
         except KeyboardInterrupt:
             self.stopped_early = "interrupted"
             if self._position is not None:
@@ -319,7 +453,7 @@ class Trainer:
         return self.history
 
     def _say(self, text: str) -> None:
-        if self.config.progress:
+        if self.config.progress and self.is_main:
             tqdm.write(text)
 
     def _print_epoch(self, record: dict[str, Any]) -> None:
@@ -339,7 +473,7 @@ class Trainer:
     def save(self, directory: str | os.PathLike | None = None) -> Path | None:
         """Write the checkpoint (by default ``<run_dir>/checkpoint``)."""
         target = Path(directory) if directory is not None else self.checkpoint_dir
-        if target is None:
+        if target is None or not self.is_main:
             return None
         extra = {
             "config": asdict(self.config),
@@ -373,3 +507,12 @@ class Trainer:
         self._position = extra.get("position")
         checkpoint.restore_rng({"data": self.data_generator})
         return checkpoint
+
+
+def _communication_failed(error: RuntimeError) -> bool:
+    """Whether ``error`` is a collective that failed because a peer went away or timed out."""
+    distributed_error = getattr(torch.distributed, "DistError", ())
+    if distributed_error and isinstance(error, distributed_error):
+        return True
+    text = str(error).lower()
+    return any(word in text for word in ("gloo", "nccl", "connection", "timed out", "peer"))

@@ -22,6 +22,7 @@ import torch
 
 from ..core.checkpoint import write_atomic
 from ..data import DataSplits, load_dataset
+from ..distributed import DistributedContext
 from ..export import export_onnx, export_torchscript
 from ..methods import build_method
 from ..models import build_model
@@ -80,7 +81,8 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
+def _check_run_dir(run_dir: Path, overwrite: bool) -> None:
+    """Refuse a path that is not a directory, or that holds a run not to be replaced."""
     if run_dir.exists() and not run_dir.is_dir():
         raise RunDirectoryError(f"output path {run_dir} exists and is not a directory")
     markers = (CONFIG_FILE, SUMMARY_FILE, "checkpoint")
@@ -91,6 +93,9 @@ def _prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
             f"--overwrite to replace it, `neuroplast resume {run_dir}` to continue it, or "
             "choose another --out"
         )
+
+
+def _clear_run_dir(run_dir: Path) -> None:
     for name in RUN_FILES:
         (run_dir / name).unlink(missing_ok=True)
     for name in RUN_DIRS:
@@ -98,7 +103,11 @@ def _prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
 
 
-def _build(config: RunConfig, callbacks: Sequence[Callback] = ()) -> tuple[DataSplits, Trainer]:
+def _build(
+    config: RunConfig,
+    callbacks: Sequence[Callback] = (),
+    distributed: DistributedContext | None = None,
+) -> tuple[DataSplits, Trainer]:
     config.train.validate()
     if config.train.threads is not None:
         # Small models on a busy machine run far faster on fewer threads (no spin-waiting).
@@ -110,23 +119,34 @@ def _build(config: RunConfig, callbacks: Sequence[Callback] = ()) -> tuple[DataS
     model = build_model(config.model, data.input_shape, data.num_classes, **options)
     method = build_method(config.method, config.method_options)
     trainer = Trainer(model, data, method, config.train, run_dir=config.run_dir(),
-                      callbacks=callbacks)
+                      callbacks=callbacks, distributed=distributed)
     return data, trainer
 
 
-def train_run(config: RunConfig, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
+def train_run(
+    config: RunConfig,
+    callbacks: Sequence[Callback] = (),
+    distributed: DistributedContext | None = None,
+) -> dict[str, Any]:
     """Train a new run into ``config.run_dir()``; returns the summary.
 
     ``callbacks`` are extra :class:`Callback` objects (logging, custom stopping) run after the
-    method's own hooks.
+    method's own hooks. With ``distributed`` (see :func:`neuroplast.distributed.init_distributed`)
+    this process is one rank of a data-parallel run; rank 0 writes the files.
     """
     run_dir = config.run_dir()
     # Validate everything cheap before touching the directory, so a typo loses nothing.
     config.train.validate()
     build_method(config.method, config.method_options)
-    _prepare_run_dir(run_dir, config.overwrite)
-    _, trainer = _build(config, callbacks)
-    write_atomic(run_dir / CONFIG_FILE, json.dumps(config.to_json(), indent=1).encode())
+    _check_run_dir(run_dir, config.overwrite)
+    if distributed is not None:
+        distributed.barrier()  # every rank has checked before rank 0 clears the directory
+    is_main = distributed is None or distributed.is_main
+    if is_main:
+        _clear_run_dir(run_dir)
+    _, trainer = _build(config, callbacks, distributed)
+    if is_main:
+        write_atomic(run_dir / CONFIG_FILE, json.dumps(config.to_json(), indent=1).encode())
     trainer.fit()
     return finish_run(config, trainer)
 
@@ -143,14 +163,21 @@ def read_config(run_dir: str | Path) -> RunConfig:
 
 
 def resume_run(
-    run_dir: str | Path, progress: bool | None = None, callbacks: Sequence[Callback] = ()
+    run_dir: str | Path,
+    progress: bool | None = None,
+    callbacks: Sequence[Callback] = (),
+    distributed: DistributedContext | None = None,
 ) -> dict[str, Any]:
-    """Continue an interrupted run from its checkpoint to the planned number of epochs."""
+    """Continue an interrupted run from its checkpoint to the planned number of epochs.
+
+    The run may have been trained in one process or data-parallel; it continues with any
+    number of ranks (``distributed``), since every rank's state is the same.
+    """
     config = read_config(run_dir)
     config.out = str(run_dir)
     if progress is not None:
         config.train.progress = progress
-    _, trainer = _build(config, callbacks)
+    _, trainer = _build(config, callbacks, distributed)
     trainer.restore(Path(run_dir) / "checkpoint")
     if trainer.epoch >= config.train.epochs and not trainer.mid_epoch:
         raise RunDirectoryError(
@@ -162,7 +189,7 @@ def resume_run(
 
 
 def finish_run(config: RunConfig, trainer: Trainer) -> dict[str, Any]:
-    """Write summary.json, the decision-boundary plot (2-D data) and the report."""
+    """Write summary.json, the decision-boundary plot (2-D data) and the report (rank 0)."""
     run_dir = config.run_dir()
     last = trainer.history[-1] if trainer.history else {}
     summary = {
@@ -182,9 +209,12 @@ def finish_run(config: RunConfig, trainer: Trainer) -> dict[str, Any]:
         "macs": last.get("macs"),
         "train_seconds": trainer.train_seconds,
         "stopped_early": trainer.stopped_early,
+        "ranks": 1 if trainer.distributed is None else trainer.distributed.world_size,
         "method_options": trainer.method.options(),
         "command": config.command,
     }
+    if not trainer.is_main:
+        return summary
     write_atomic(run_dir / SUMMARY_FILE, json.dumps(summary, indent=1).encode())
     if config.dataset == "moons":
         _plot_moons(trainer, run_dir)
