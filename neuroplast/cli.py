@@ -81,7 +81,7 @@ def _add_distributed_arguments(parser: argparse.ArgumentParser) -> None:
                        help="start N processes on this machine through torchrun (implies "
                             "--distributed)")
     group.add_argument("--dist-backend", choices=("gloo", "nccl"), default=None,
-                       help="gloo (CPU) or nccl (GPUs); default nccl when CUDA is available")
+                       help="gloo (default, CPU); nccl needs GPU training, not supported yet")
     group.add_argument("--dist-timeout", type=float, default=300.0,
                        help="seconds a rank waits for a silent peer before stopping "
                             "(default 300)")

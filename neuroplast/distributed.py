@@ -16,8 +16,8 @@ decision. The trainer keeps both true with this module:
   end, every parameter and buffer is compared too. A mismatch stops training with
   :class:`RanksDisagree` naming the first difference; then the model is re-wrapped.
 
-Launch with ``torchrun --nproc_per_node N -m neuroplast train ...`` or, on one machine,
-``neuroplast train ... --distributed --nproc-per-node N`` (which starts torchrun itself).
+Launch with ``torchrun --nproc_per_node N -m neuroplast train ... --distributed`` or, on one
+machine, ``neuroplast train ... --nproc-per-node N`` (which starts torchrun itself).
 """
 
 from __future__ import annotations
@@ -230,8 +230,9 @@ def _has_groups(model: nn.Module) -> bool:
 def init_distributed(backend: str | None = None, timeout_s: float = 300.0) -> DistributedContext:
     """Join the process group torchrun set up (``RANK``, ``WORLD_SIZE``, ... in the environment).
 
-    ``backend``: ``gloo`` (CPU) or ``nccl`` (one GPU per rank); by default NCCL when CUDA is
-    available, else gloo. ``timeout_s`` bounds how long a rank waits for a silent peer.
+    ``backend``: ``gloo`` (the default; CPU tensors). ``nccl`` is refused with an explanation
+    until the trainer can place models on GPUs. ``timeout_s`` bounds how long a rank waits for
+    a silent peer.
     """
     if not launched_by_torchrun():
         missing = [name for name in TORCHRUN_VARIABLES if name not in os.environ]
@@ -240,12 +241,14 @@ def init_distributed(backend: str | None = None, timeout_s: float = 300.0) -> Di
             f"{', '.join(missing)}): launch with `torchrun --nproc_per_node N -m neuroplast "
             "train ...`, or add --nproc-per-node N to let neuroplast start torchrun itself"
         )
-    if backend is None:
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    backend = backend or "gloo"
     if backend not in ("gloo", "nccl"):
         raise DistributedError(f"unknown distributed backend '{backend}'; choose gloo or nccl")
-    if backend == "nccl" and not torch.cuda.is_available():
-        raise DistributedError("the nccl backend needs CUDA GPUs; use --dist-backend gloo on CPU")
+    if backend == "nccl":
+        # NCCL reduces CUDA tensors only, and the trainer keeps model and data on the CPU.
+        raise DistributedError(
+            "the nccl backend needs the model and data on GPUs, and neuroplast's trainer runs "
+            "on the CPU (GPU training is not supported yet): use --dist-backend gloo")
     local_rank = int(os.environ["LOCAL_RANK"])
     if backend == "nccl":
         torch.cuda.set_device(local_rank)

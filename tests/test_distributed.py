@@ -186,3 +186,29 @@ def test_distributed_without_a_launcher_says_how_to_launch(tmp_path):
                             capture_output=True, text=True, env=env, timeout=60)
     assert result.returncode == 2
     assert "torchrun --nproc_per_node" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_one_process_checkpoint_resumes_on_two_ranks(tmp_path, reference):
+    one, _ = reference
+    train_run(run_config(tmp_path / "run"), [Recorder(tmp_path, rank=0, stop_after=2)])
+    assert load_checkpoint(tmp_path / "run" / "checkpoint").epoch == 2
+    results = launch(tmp_path, "--resume")
+    assert all(code == 0 for code, _, _ in results), results[0][2][-3000:]
+    final = load_checkpoint(tmp_path / "run" / "checkpoint").model.state_dict()
+    expected = load_checkpoint(one / "run" / "checkpoint").model.state_dict()
+    assert final.keys() == expected.keys()
+    for name in final:
+        torch.testing.assert_close(final[name], expected[name], rtol=1e-4, atol=1e-5)
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["ranks"] == 2
+
+
+def test_backends_other_than_gloo_are_refused_with_the_reason(monkeypatch):
+    from neuroplast.distributed import DistributedError, init_distributed
+
+    for name, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"),
+                        ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(free_port()))):
+        monkeypatch.setenv(name, value)
+    with pytest.raises(DistributedError, match="GPU training is not supported yet"):
+        init_distributed("nccl")
+    with pytest.raises(DistributedError, match="choose gloo"):
+        init_distributed("mpi")
