@@ -1,6 +1,7 @@
 """Per-unit gates: tensors attached to a unit group that scale or switch units."""
 
+from .hard_concrete import HardConcreteGate
 from .mask import UnitMask
 from .npn import NPNGate, arm_loss, compact_npn
 
-__all__ = ["NPNGate", "UnitMask", "arm_loss", "compact_npn"]
+__all__ = ["HardConcreteGate", "NPNGate", "UnitMask", "arm_loss", "compact_npn"]

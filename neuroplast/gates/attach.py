@@ -159,7 +159,9 @@ def _plan(model: nn.Module) -> list[tuple]:
     return plans
 
 
-def attach_npn_gates(model: nn.Module, *, k: float = math.inf) -> list[GatedLayer]:
+def attach_npn_gates(
+    model: nn.Module, *, k: float = math.inf, gate_type: type[NPNGate] = NPNGate
+) -> list[GatedLayer]:
     """Insert NPN gates where the NPN reference puts them; return the gated layers in order.
 
     * every convolution of the top-level chain (a stem included) and every resizable
@@ -168,6 +170,9 @@ def attach_npn_gates(model: nn.Module, *, k: float = math.inf) -> list[GatedLaye
     * every Linear of the top-level chain: one gate per *input* feature, right before it (so
       an MLP's first layer selects raw input features); after a Flatten that follows a conv,
       one gate per (channel, position), placed before the Flatten.
+
+    ``gate_type`` puts another kind of gate on the same units (the ``l0hc`` baseline's
+    :class:`~neuroplast.gates.hard_concrete.HardConcreteGate`), so methods compare like for like.
 
     Example::
 
@@ -182,7 +187,8 @@ def attach_npn_gates(model: nn.Module, *, k: float = math.inf) -> list[GatedLaye
         )
     inserted: list[tuple[nn.Module, NPNGate, int]] = []
     for anchor, after, gated, width, positions in plans:
-        gate = NPNGate(width, positions, k=k)
+        gate = NPNGate(width, positions, k=k) if gate_type is NPNGate else gate_type(
+            width, positions)
         label = next(n for n, m in model.named_modules() if m is gated).rpartition(".")[2]
         insert_module(model, anchor, gate, f"{label}_gate", after=after)
         inserted.append((gated, gate, 0 if after else 1))

@@ -7,6 +7,7 @@ from typing import Any
 
 from ..train.callbacks import Method
 from .fixed import FixedWidth
+from .l0hc import L0HardConcrete
 from .metanet import MetaNet
 from .net2net import Net2Net
 from .npn import NPN
@@ -51,6 +52,7 @@ register_method(MetaNet)
 register_method(MagnitudePruning)
 register_method(APoZPruning)
 register_method(Net2Net)
+register_method(L0HardConcrete)
 
 __all__ = ["METHODS", "FixedWidth", "UnknownMethodError", "build_method", "method_fields",
            "register_method"]
