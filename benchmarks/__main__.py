@@ -1,0 +1,235 @@
+"""The side-by-side benchmark: every method on the same work, one JSON per run, one table.
+
+    python -m benchmarks quick              # minutes on 2 CPU cores: Moons and digits, 3 seeds
+    python -m benchmarks full               # hours (run it in the background; it resumes)
+    python -m benchmarks full --only mnist-lenet300 --seeds 0
+    python -m benchmarks quick --table      # rebuild the table and plots from the JSON files
+
+Each run is a ``neuroplast train`` command (recorded with its numbers, so a row reproduces by
+pasting it) and leaves ``benchmarks/results/<suite>/<task>--<method>--s<seed>.json`` with the
+final epoch's test error, widths, parameters, MACs, wall time and mean epoch time. A run whose
+JSON exists is skipped, so an interrupted suite continues where it stopped. The table
+(``benchmarks/results/<suite>/table.md``) gives per task and method the mean and spread over
+seeds, and the epoch time relative to ``fixed`` (plain training of the starting network) from
+the same suite run; ``frontier.png`` plots test error against parameters per task.
+
+Peers (Torch-Pruning, GroMo) run from their own packages in ``benchmarks/peers.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path("benchmarks/results")
+RUNS = Path("runs/bench")
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@dataclass
+class Task:
+    """One piece of work every method is run on: data, model, starting widths, budget."""
+
+    name: str
+    base: list[str]  # neuroplast train arguments shared by every method
+    methods: dict[str, list[str]] = field(default_factory=dict)  # method label -> arguments
+
+
+def _tasks(suite: str) -> list[Task]:
+    mnist, fashion = str(SHARED / "mnist"), str(SHARED / "fashion-mnist")
+    cifar = str(SHARED / "cifar10-jpeg.tar.gz")
+    adam = ["--optimizer", "adam", "--lr", "1e-3"]
+    if suite == "quick":
+        moons = Task("moons", ["--dataset", "moons", "--model", "mlp", "--widths", "80",
+                               "--epochs", "60", "--batch-size", "32", *adam])
+        digits = Task("digits", ["--dataset", "digits", "--model", "mlp", "--widths", "64",
+                                 "--epochs", "20", "--batch-size", "32", "--lr", "0.01"])
+        tasks = [moons, digits]
+        lambdas = {"moons": "4.289e-4,1.7157e-2", "digits": "2e-4"}
+    else:
+        moons = Task("moons", ["--dataset", "moons", "--model", "mlp", "--widths", "80",
+                               "--epochs", "400", "--batch-size", "32", *adam])
+        lenet300 = Task("mnist-lenet300", ["--dataset", "mnist", "--data-dir", mnist, "--model",
+                                           "lenet300", "--epochs", "20", "--batch-size", "128",
+                                           *adam])
+        lenet5 = Task("mnist-lenet5", ["--dataset", "mnist", "--data-dir", mnist, "--model",
+                                       "lenet5", "--epochs", "10", "--batch-size", "128", *adam])
+        fashion_mlp = Task("fashion-mlp", ["--dataset", "fashion-mnist", "--data-dir", fashion,
+                                           "--model", "mlp", "--widths", "256", "--epochs", "20",
+                                           "--batch-size", "128", *adam])
+        cifar_mlp = Task("cifar10-mlp", ["--dataset", "cifar10", "--data-dir", cifar, "--model",
+                                         "mlp", "--widths", "512", "--epochs", "20",
+                                         "--batch-size", "128", *adam])
+        tasks = [moons, lenet300, lenet5, fashion_mlp, cifar_mlp]
+        lambdas = {"moons": "4.289e-5,1.7157e-3", "mnist-lenet300": "1.6667e-6",
+                   "mnist-lenet5": "1.6667e-6", "fashion-mlp": "1.6667e-6",
+                   "cifar10-mlp": "1.6667e-6"}
+    for task in tasks:
+        lam = lambdas[task.name]
+        gate_lr = ["--npn-gate-lr", "1e-2"] if suite == "full" else []
+        task.methods = {
+            "fixed": ["--method", "fixed"],
+            "npn": ["--method", "npn", "--npn-lambdas", lam, "--npn-k", "7",
+                    "--npn-stages", "0.2,0.7", *gate_lr],
+            "l0hc": ["--method", "l0hc", "--l0hc-lambdas", lam,
+                     *(["--l0hc-gate-lr", "1e-2"] if suite == "full" else [])],
+            "magnitude": ["--method", "magnitude", "--magnitude-keep", "0.3"],
+            "apoz": ["--method", "apoz", "--apoz-keep", "0.3"],
+        }
+        if task.name != "mnist-lenet5":  # MetaNet and net2net grow MLPs' hidden layers
+            task.methods["metanet"] = ["--method", "metanet", "--metanet-layers", "all"]
+            task.methods["net2net"] = ["--method", "net2net", "--net2net-factor", "2",
+                                       "--net2net-events", "2"]
+    return tasks
+
+
+def _small_start(task: Task) -> list[str]:
+    """Growth methods start from 8 units per hidden layer (the shallow 'too small' start)."""
+    base = list(task.base)
+    if "--widths" in base:
+        index = base.index("--widths") + 1
+        base[index] = ",".join("8" for _ in base[index].split(","))
+    elif "lenet300" in base:
+        base[base.index("lenet300")] = "mlp"
+        base += ["--widths", "8,8"]
+    return base
+
+
+def run_one(suite: str, task: Task, label: str, seed: int, threads: int) -> dict[str, Any]:
+    """Train one (task, method, seed) with the neuroplast command; return its record."""
+    out = RUNS / suite / f"{task.name}--{label}--s{seed}"
+    base = _small_start(task) if label in ("metanet", "net2net") else task.base
+    arguments = [*base, *task.methods[label], "--seed", str(seed), "--threads", str(threads),
+                 "--out", str(out), "--overwrite", "--no-progress"]
+    executable = str(Path(sys.executable).with_name("neuroplast"))
+    started = time.perf_counter()
+    subprocess.run([executable, "train", *arguments], check=True, stdout=subprocess.DEVNULL,
+                   env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+    wall = time.perf_counter() - started
+    summary = json.loads((out / "summary.json").read_text())
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    last = rows[-1]
+    return {
+        "suite": suite, "task": task.name, "method": label, "seed": seed,
+        "command": "neuroplast train " + shlex.join(arguments),
+        "epochs": summary["epochs"],
+        "test_accuracy": last["test_accuracy"],
+        "test_error_percent": 100 * (1 - last["test_accuracy"]),
+        "initial_widths": dict(zip(summary["layer_names"], summary["initial_widths"],
+                                   strict=True)),
+        "final_widths": last["widths"],
+        "params": last["params"], "macs": last["macs"],
+        "nonzero_weights": last["method"].get("nonzero_weights"),
+        "train_seconds": summary["train_seconds"], "wall_seconds": wall,
+        "epoch_seconds": statistics.mean(row["seconds"] for row in rows),
+        "width_curve": [sum(row["widths"].values()) for row in rows],
+    }
+
+
+def run_suite(suite: str, seeds: list[int], only: str | None, threads: int) -> None:
+    folder = RESULTS / suite
+    folder.mkdir(parents=True, exist_ok=True)
+    for task in _tasks(suite):
+        if only and not task.name.startswith(only):
+            continue
+        for seed in seeds:
+            for label in task.methods:
+                path = folder / f"{task.name}--{label}--s{seed}.json"
+                if path.exists():
+                    continue
+                record = run_one(suite, task, label, seed, threads)
+                path.write_text(json.dumps(record, indent=1))
+                print(f"{task.name} {label} s{seed}: error {record['test_error_percent']:.2f} % "
+                      f"widths {record['final_widths']} params {record['params']:,} "
+                      f"{record['wall_seconds']:.0f}s", flush=True)
+
+
+def _spread(values: list[float]) -> str:
+    mean = statistics.mean(values)
+    if len(values) == 1:
+        return f"{mean:.2f}"
+    return f"{mean:.2f} ± {statistics.stdev(values):.2f}"
+
+
+def write_table(suite: str) -> str:
+    """Markdown table (mean ± std over seeds) and frontier plot from the suite's JSON files."""
+    folder = RESULTS / suite
+    records = [json.loads(p.read_text()) for p in sorted(folder.glob("*--*--s*.json"))]
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for record in records:
+        groups.setdefault((record["task"], record["method"]), []).append(record)
+    lines = ["| task | method | seeds | test error % | final widths | params | MACs | "
+             "train s | epoch time vs fixed | command (seed 0) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for (task, method), rows in groups.items():
+        fixed = groups.get((task, "fixed"))
+        ratio = (statistics.mean(r["epoch_seconds"] for r in rows)
+                 / statistics.mean(r["epoch_seconds"] for r in fixed)) if fixed else float("nan")
+        widths = " / ".join("-".join(str(w) for w in r["final_widths"].values()) for r in rows)
+        command = min(rows, key=lambda r: r["seed"])["command"]
+        lines.append(
+            f"| {task} | {method} | {len(rows)} | "
+            f"{_spread([r['test_error_percent'] for r in rows])} | {widths} | "
+            f"{statistics.mean(r['params'] for r in rows):,.0f} | "
+            f"{statistics.mean(r['macs'] for r in rows):,.0f} | "
+            f"{statistics.mean(r['train_seconds'] for r in rows):.1f} | {ratio:.2f}x | "
+            f"`{command}` |")
+    table = "\n".join(lines) + "\n"
+    (folder / "table.md").write_text(table)
+    _plot_frontier(groups, folder / "frontier.png")
+    return table
+
+
+def _plot_frontier(groups: dict[tuple[str, str], list[dict]], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ModuleNotFoundError:
+        return
+    tasks = sorted({task for task, _ in groups})
+    if not tasks:
+        return
+    figure, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 4), squeeze=False)
+    for axis, task in zip(axes[0], tasks, strict=True):
+        for (name, method), rows in sorted(groups.items()):
+            if name != task:
+                continue
+            axis.scatter([r["params"] for r in rows], [r["test_error_percent"] for r in rows],
+                         label=method, s=18)
+        axis.set_xscale("log")
+        axis.set_xlabel("parameters (compact model)")
+        axis.set_ylabel("test error % (final epoch)")
+        axis.set_title(task)
+        axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("suite", choices=("quick", "full"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--only", help="tasks whose name starts with this")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--table", action="store_true", help="only rebuild the table and plot")
+    args = parser.parse_args()
+    if not args.table:
+        run_suite(args.suite, args.seeds, args.only, args.threads)
+    print(write_table(args.suite))
+
+
+if __name__ == "__main__":
+    main()
