@@ -69,6 +69,10 @@ def _method_flag(method: str, option: str) -> str:
     return f"--{method}-{option.replace('_', '-')}"
 
 
+# Errors that mean "the input is wrong" or "a peer failed": one line, no traceback.
+USER_ERRORS = (DataError, CheckpointError, RunDirectoryError, ExportError, ValueError,
+               FileNotFoundError, DistributedError)
+
 DISTRIBUTED_OPTIONS = ("distributed", "nproc_per_node", "dist_backend", "dist_timeout")
 
 
@@ -227,15 +231,18 @@ def main(argv: list[str] | None = None) -> int:
         print("models:  ", ", ".join(MODELS))
         print("datasets:", ", ".join(DATASETS))
         return 0
-    except (DataError, CheckpointError, RunDirectoryError, ExportError, ValueError,
-            FileNotFoundError, DistributedError) as error:
+    except USER_ERRORS as error:
         print(f"neuroplast: error: {error}", file=sys.stderr)
         return 2
 
 
 def _train_or_resume(args: argparse.Namespace, argv: list[str]) -> int:
-    from .distributed import init_distributed, launch_local, launched_by_torchrun
-    from .train import run
+    from .distributed import (
+        exit_after_failure,
+        init_distributed,
+        launch_local,
+        launched_by_torchrun,
+    )
 
     wanted = args.distributed or args.nproc_per_node is not None
     if wanted and not launched_by_torchrun():
@@ -244,22 +251,29 @@ def _train_or_resume(args: argparse.Namespace, argv: list[str]) -> int:
         return launch_local(args.nproc_per_node, argv)
     distributed = (init_distributed(args.dist_backend, args.dist_timeout) if wanted else None)
     try:
-        if args.command == "train":
-            options = {k: v for k, v in vars(args).items()
-                       if k != "command" and k not in DISTRIBUTED_OPTIONS}
-            config = config_from_options(options, "neuroplast " + shlex.join(argv))
-            summary = run.train_run(config, distributed=distributed)
-            run_dir = config.run_dir()
-        else:
-            summary = run.resume_run(args.run_dir, progress=args.progress,
-                                     distributed=distributed)
-            run_dir = Path(args.run_dir)
-    finally:
-        if distributed is not None:
-            distributed.close()
+        summary, run_dir = _run_command(args, argv, distributed)
+    except USER_ERRORS as error:
+        if distributed is None:
+            raise  # main() reports it
+        print(f"neuroplast: error: {error}", file=sys.stderr)
+        exit_after_failure(2)  # a normal teardown could wait on a peer that is gone
+    if distributed is not None:
+        distributed.close()
     if distributed is None or distributed.is_main:
         _print_summary(run_dir, summary)
     return 0 if summary["stopped_early"] in (None, "interrupted") else 1
+
+
+def _run_command(args: argparse.Namespace, argv: list[str], distributed):
+    from .train import run
+
+    if args.command == "train":
+        options = {k: v for k, v in vars(args).items()
+                   if k != "command" and k not in DISTRIBUTED_OPTIONS}
+        config = config_from_options(options, "neuroplast " + shlex.join(argv))
+        return run.train_run(config, distributed=distributed), config.run_dir()
+    summary = run.resume_run(args.run_dir, progress=args.progress, distributed=distributed)
+    return summary, Path(args.run_dir)
 
 
 def _print_summary(run_dir: Path, summary: dict[str, Any]) -> None:

@@ -217,6 +217,21 @@ class DistributedContext:
             dist.destroy_process_group()
 
 
+def exit_after_failure(code: int) -> None:
+    """Leave the process at once after a distributed failure, with exit status ``code``.
+
+    After ranks disagreed or a peer died, the process group's background threads may still
+    wait on a peer; a normal teardown (``destroy_process_group``, interpreter exit) can then
+    hang or abort with a C++ ``terminate``. The error has been reported and the checkpoint is
+    on disk, so nothing is lost by skipping it.
+    """
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def _has_groups(model: nn.Module) -> bool:
     try:
         from .core.groups import layer_widths

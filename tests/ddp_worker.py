@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from neuroplast.distributed import DistributedError, init_distributed
+from neuroplast.distributed import DistributedError, exit_after_failure, init_distributed
 from neuroplast.train import Callback, Method
 from neuroplast.train.loop import TrainConfig
 from neuroplast.train.run import RunConfig, resume_run, train_run
@@ -95,9 +95,8 @@ def main() -> int:
             train_run(run_config(out / "run"), [recorder], distributed=context)
     except DistributedError as error:
         print(f"neuroplast: error: {error}", file=sys.stderr)
-        return 3
-    finally:
-        context.close()
+        exit_after_failure(3)  # as the command line does
+    context.close()
     return 0
 
 
