@@ -119,6 +119,27 @@ def _channels_before(entries, index: int) -> int | None:
     return None
 
 
+def _gate_anchor(entries, index: int) -> str:
+    """Where a conv's channel gate goes in a plain chain: after its BatchNorm, then past the
+    ReLU and pooling layers that follow.
+
+    A non-negative per-channel factor commutes with those layers exactly (``relu(z x) =
+    z relu(x)``, ``maxpool(z x) = z maxpool(x)`` for ``z >= 0``), so the network computes the
+    same function; placed later, the gate leaves more of the network before it, which ARM's two
+    passes share (:func:`~neuroplast.gates.npn.arm_loss`).
+    """
+    position = index
+    follower = entries[position + 1] if position + 1 < len(entries) else None
+    if follower is not None and isinstance(follower[1], nn.modules.batchnorm._BatchNorm):
+        position += 1
+    while position + 1 < len(entries):
+        coupling = layer_coupling(entries[position + 1][1])
+        if coupling is None or not (coupling.passthrough and coupling.positively_homogeneous):
+            break
+        position += 1
+    return entries[position][0]
+
+
 def _plan(model: nn.Module) -> list[tuple]:
     """(anchor name, after?, gated module, width, positions) for every gate to insert."""
     chains = model_chains(model)
@@ -127,11 +148,8 @@ def _plan(model: nn.Module) -> list[tuple]:
         entries = chains[0]
         for index, (name, module) in enumerate(entries):
             if _is_conv(module):
-                follower = entries[index + 1] if index + 1 < len(entries) else None
-                after_bn = follower is not None and isinstance(
-                    follower[1], nn.modules.batchnorm._BatchNorm)
-                anchor = follower[0] if after_bn else name
-                plans.append((anchor, True, module, module.out_channels, None))
+                plans.append((_gate_anchor(entries, index), True, module, module.out_channels,
+                              None))
             elif isinstance(module, nn.Linear):
                 previous = entries[index - 1] if index > 0 else None
                 flatten = previous is not None and isinstance(previous[1], nn.Flatten)
@@ -166,7 +184,8 @@ def attach_npn_gates(
 
     * every convolution of the top-level chain (a stem included) and every resizable
       convolution inside a registered block (a ResNet block's first conv): one gate per
-      output channel, right after the conv or after its BatchNorm;
+      output channel, right after the conv or after its BatchNorm (in the top-level chain,
+      past the ReLU and pooling that follow: the same function, see ``_gate_anchor``);
     * every Linear of the top-level chain: one gate per *input* feature, right before it (so
       an MLP's first layer selects raw input features); after a Flatten that follows a conv,
       one gate per (channel, position), placed before the Flatten.

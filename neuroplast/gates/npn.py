@@ -269,6 +269,7 @@ def arm_loss(
     loss_fn: Callable[..., torch.Tensor] = F.cross_entropy,
     draw_rows: tuple[int, torch.Tensor] | None = None,
     gradient_scale: float = 1.0,
+    share_prefix: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The data loss of one training batch, with the ARM gradient of every gate's ``phi``.
 
@@ -294,6 +295,11 @@ def arm_loss(
     keeps these rows, so every process draws what one process on the whole batch would; and
     ``gradient_scale`` weights this process's ARM term like its loss (its share of the batch).
 
+    The layers before the first random gate compute the same thing in both passes: for an
+    ``nn.Sequential`` model they run once and the antithetic pass starts from their output
+    (``share_prefix``; it costs nothing in exactness, and with the conv gates placed after
+    their ReLU and pooling it saves LeNet-5's first conv block).
+
     Returns ``(mean loss of the main pass, its logits)``.
     """
     random_gates = [gate for gate in gates if gate.training and gate.stochastic]
@@ -311,13 +317,15 @@ def arm_loss(
                  for gate in random_gates}
     for gate, u in draws.items():
         gate.stage_draws(u)
-    state = _rng_state(inputs.device)
+    prefix, rest = _split_at_first_gate(model, random_gates) if share_prefix else ([], [model])
     try:
-        logits = model(inputs)
+        shared = _run(prefix, inputs)
+        state = _rng_state(inputs.device)  # the suffix's random layers replay the same draws
+        logits = _run(rest, shared)
         main = loss_fn(logits, targets, reduction="none")
         _set_rng_state(state, inputs.device)
         with torch.no_grad(), _antithetic(random_gates), _frozen_batchnorm_statistics(model):
-            other = loss_fn(model(inputs), targets, reduction="none")
+            other = loss_fn(_run(rest, shared), targets, reduction="none")
     finally:
         for gate in random_gates:
             gate.stage_draws(None)
@@ -339,6 +347,26 @@ def arm_loss(
         else:
             gate.phi.grad += grad
     return main.mean(), logits
+
+
+def _run(modules: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor:
+    for module in modules:
+        x = module(x)
+    return x
+
+
+def _split_at_first_gate(
+    model: nn.Module, gates: Sequence[NPNGate]
+) -> tuple[list[nn.Module], list[nn.Module]]:
+    """The children of a plain ``nn.Sequential`` before and from its first random gate."""
+    if type(model) is not nn.Sequential or model._forward_hooks or model._forward_pre_hooks:
+        return [], [model]  # a custom forward (or hooks on the whole model): run it whole
+    ids = {id(gate) for gate in gates}
+    children = list(model)
+    for index, child in enumerate(children):
+        if any(id(module) in ids for module in child.modules()):
+            return children[:index], children[index:]
+    return [], [model]
 
 
 # --------------------------------------------------------------------------- export
