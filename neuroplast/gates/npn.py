@@ -139,11 +139,30 @@ class NPNGate(nn.Module):
         tail = tuple(self.phi.shape[1:])
         options = {"device": self.phi.device, "dtype": self.phi.dtype}
         full = torch.rand(*lead, self.nominal_width, *tail, **options)
-        ids = self.unit_id
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.nominal_width):
+        layout = self._id_layout()
+        if layout == "outside":
             # Units added outside NPN have no place in the full-size layer: draw them afresh.
             return torch.rand(*lead, *self.phi.shape, **options)
-        return full.index_select(len(lead), ids)
+        return full if layout == "all" else full.index_select(len(lead), self.unit_id)
+
+    def _id_layout(self) -> str:
+        """"all" (every full-size unit, in order), "some", or "outside" (ids beyond the layer).
+
+        Cached until ``unit_id`` changes (a resize replaces it), so a training step does not
+        pay two reductions and a device sync per gate for it.
+        """
+        ids = self.unit_id
+        cached = getattr(self, "_layout_of", None)  # (the ids tensor itself, its version)
+        if cached is None or cached[0] is not ids or cached[1] != ids._version:
+            if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.nominal_width):
+                layout = "outside"
+            elif ids.numel() == self.nominal_width and bool(
+                    (ids == torch.arange(self.nominal_width, device=ids.device)).all()):
+                layout = "all"
+            else:
+                layout = "some"
+            self._layout_of, self._layout = (ids, ids._version), layout
+        return self._layout
 
     def stage_draws(self, draws: torch.Tensor | None) -> None:
         """Use ``draws`` for the following forward passes (``None`` returns to fresh draws)."""
