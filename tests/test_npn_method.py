@@ -404,3 +404,39 @@ def test_a_separate_gate_adam_is_the_shared_adam_through_physical_resizes(moons)
     assert any("grew" in e for e in events) and any("pruned" in e for e in events)
     for name, tensor in shared.state_dict().items():
         torch.testing.assert_close(separate.state_dict()[name], tensor, rtol=0, atol=1e-6)
+
+
+def test_the_l0_gradient_in_closed_form_equals_autograds():
+    """training_loss writes the L0 term's phi gradient by formula; autograd must agree."""
+    from neuroplast.gates.npn import arm_loss
+    from neuroplast.methods.npn import NPN
+    from neuroplast.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("mlp", (1, 8, 8), 10, widths=[12])
+    method = NPN(k_schedule="1:3", lambdas=(0.02, 0.05), l2=0.01)
+    method.prepare_model(model)
+    method.set_k(3.0)
+    model.train()
+    x, y = torch.randn(32, 1, 8, 8), torch.randint(0, 10, (32,))
+
+    class Holder:
+        pass
+
+    holder = Holder()
+    holder.model = model
+    torch.manual_seed(5)
+    model.zero_grad(set_to_none=True)
+    loss, _ = method.training_loss(holder, x, y)
+    loss.backward()
+    closed = {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    torch.manual_seed(5)
+    model.zero_grad(set_to_none=True)
+    gates = [layer.gate for layer in method._layers]
+    data_loss, _ = arm_loss(model, gates, x, y)
+    (data_loss + method.penalty()).backward()  # the penalty through autograd
+    for name, grad in closed.items():
+        other = model.get_parameter(name).grad
+        assert torch.allclose(grad, other, rtol=1e-5, atol=1e-7), (name, (grad - other).abs().max())
+    assert loss.item() == pytest.approx((data_loss + method.penalty()).item())

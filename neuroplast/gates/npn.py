@@ -86,6 +86,7 @@ class NPNGate(nn.Module):
         self.per_example = per_example
         self.nominal_width = width  # the full-size layer's width: the index space of unit_id
         self._draws: torch.Tensor | None = None
+        self._staged: tuple[torch.Tensor, torch.Tensor] | None = None  # (main z, antithetic z)
         self._antithetic = False
 
     @property
@@ -165,8 +166,16 @@ class NPNGate(nn.Module):
         return self._layout
 
     def stage_draws(self, draws: torch.Tensor | None) -> None:
-        """Use ``draws`` for the following forward passes (``None`` returns to fresh draws)."""
+        """Use ``draws`` for the following forward passes (``None`` returns to fresh draws).
+
+        Both gates of ARM's pair are computed here once, not in each of the two passes.
+        """
         self._draws = draws
+        self._staged = None
+        if draws is not None and self.stochastic:
+            with torch.no_grad():
+                pi = self.probability()
+                self._staged = ((draws < pi).to(pi.dtype), (draws > 1 - pi).to(pi.dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() < 2 or x.shape[1] != self.phi.shape[0]:
@@ -178,6 +187,8 @@ class NPNGate(nn.Module):
             z = self.test_gate()
         elif not self.stochastic:
             z = (self.phi.detach() > 0).to(x.dtype)
+        elif getattr(self, "_staged", None) is not None:
+            z = self._staged[1 if self._antithetic else 0].to(x.dtype)
         else:
             u = self._draws if self._draws is not None else self.draw(x.shape[0])
             pi = self.probability().detach()

@@ -298,7 +298,34 @@ class NPN(Method):
         loss, logits = arm_loss(getattr(trainer, "train_model", trainer.model), gates, inputs,
                                 targets, draw_rows=getattr(trainer, "batch_rows", None),
                                 gradient_scale=getattr(trainer, "loss_scale", 1.0))
-        return loss + self.penalty(trainer), logits
+        scale = getattr(trainer, "loss_scale", 1.0)
+        return loss + self._penalty_with_l0_gradient(scale), logits
+
+    def _penalty_with_l0_gradient(self, scale: float) -> torch.Tensor:
+        """:meth:`penalty`, with the L0 term's gradient written into ``phi.grad`` directly.
+
+        ``d/dphi lambda * w * sum sigmoid(k phi) = lambda * w * k * pi (1 - pi)`` in closed
+        form spares a dozen autograd nodes per step (a tenth of a LeNet-300-100 step); the
+        gate-weighted L2 term, whose gradient goes to the weights, stays in autograd.
+        ``scale`` weights it like the data loss (``trainer.loss_scale`` under DDP).
+        """
+        total = self._layers[0].gate.phi.new_zeros(())
+        l0 = self._layers[0].gate.phi.new_zeros(())  # a value only: its gradient is written
+        for layer, lam in zip(self._layers, self._per_layer(self.lambdas), strict=True):
+            gate = layer.gate
+            if lam:
+                with torch.no_grad():
+                    pi = gate.probability()
+                    l0 += lam * layer.weights_per_gate * pi.sum()
+                    if gate.stochastic and gate.k > 0 and gate.phi.requires_grad:
+                        grad = (lam * layer.weights_per_gate * gate.k * scale) * pi * (1 - pi)
+                        if gate.phi.grad is None:
+                            gate.phi.grad = grad
+                        else:
+                            gate.phi.grad += grad
+            if self.l2:
+                total = total + self.l2 * layer.gated_l2()
+        return total + l0
 
     def manual_gradient_parameters(self, model: nn.Module) -> list[nn.Parameter]:
         """Every gate's ``phi``: ARM writes its data gradient outside autograd."""
