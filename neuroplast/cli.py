@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _train_or_resume(args: argparse.Namespace, argv: list[str]) -> int:
     from .distributed import (
-        exit_after_failure,
+        exit_process,
         init_distributed,
         launch_local,
         launched_by_torchrun,
@@ -256,12 +256,14 @@ def _train_or_resume(args: argparse.Namespace, argv: list[str]) -> int:
         if distributed is None:
             raise  # main() reports it
         print(f"neuroplast: error: {error}", file=sys.stderr)
-        exit_after_failure(2)  # a normal teardown could wait on a peer that is gone
-    if distributed is not None:
-        distributed.close()
+        exit_process(2)  # a normal teardown could wait on a peer that is gone
+    status = 0 if summary["stopped_early"] in (None, "interrupted") else 1
     if distributed is None or distributed.is_main:
         _print_summary(run_dir, summary)
-    return 0 if summary["stopped_early"] in (None, "interrupted") else 1
+    if distributed is not None:
+        distributed.barrier()  # rank 0 has written everything
+        exit_process(status)
+    return status
 
 
 def _run_command(args: argparse.Namespace, argv: list[str], distributed):

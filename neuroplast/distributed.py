@@ -27,6 +27,7 @@ import os
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -212,18 +213,19 @@ class DistributedContext:
         dist.barrier()
 
     def close(self) -> None:
-        """Leave the process group."""
+        """Leave the process group, once every rank is done with it."""
         if dist.is_initialized():
+            dist.barrier()
             dist.destroy_process_group()
 
 
-def exit_after_failure(code: int) -> None:
-    """Leave the process at once after a distributed failure, with exit status ``code``.
+def exit_process(code: int) -> NoReturn:
+    """End this rank's process now with exit status ``code``, skipping the group's teardown.
 
-    After ranks disagreed or a peer died, the process group's background threads may still
-    wait on a peer; a normal teardown (``destroy_process_group``, interpreter exit) can then
-    hang or abort with a C++ ``terminate``. The error has been reported and the checkpoint is
-    on disk, so nothing is lost by skipping it.
+    gloo's teardown (``destroy_process_group``, or the interpreter's exit) can abort with a C++
+    ``terminate`` when the ranks reach it at different moments or a peer is gone, which would
+    turn a finished run into a failed one. The command line calls this once its work is on
+    disk: after a barrier when the run succeeded, after reporting the error when it failed.
     """
     import sys
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from neuroplast.distributed import DistributedError, exit_after_failure, init_distributed
+from neuroplast.distributed import DistributedError, exit_process, init_distributed
 from neuroplast.train import Callback, Method
 from neuroplast.train.loop import TrainConfig
 from neuroplast.train.run import RunConfig, resume_run, train_run
@@ -69,7 +69,7 @@ class Disagree(Method):
         trainer.grow("fc1", 1 + trainer.distributed.rank)
 
 
-def main() -> int:
+def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("out")
     parser.add_argument("--stop-after", type=int)
@@ -95,9 +95,9 @@ def main() -> int:
             train_run(run_config(out / "run"), [recorder], distributed=context)
     except DistributedError as error:
         print(f"neuroplast: error: {error}", file=sys.stderr)
-        exit_after_failure(3)  # as the command line does
-    context.close()
-    return 0
+        exit_process(3)  # as the command line does
+    context.barrier()
+    exit_process(0)
 
 
 if __name__ == "__main__":
