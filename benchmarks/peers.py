@@ -4,16 +4,17 @@
     python -m benchmarks.peers torch-pruning --npn-run runs/bench-npn/lenet300-mnist-prune-s0
     python -m benchmarks.peers gromo --epochs 20 --seeds 0 1 2
 
-**Torch-Pruning** (pruning at the same widths). For an NPN run of LeNet-300-100 on MNIST
-(its ``summary.json`` gives the hidden widths NPN reached, its epochs and its final test
+**Torch-Pruning** (pruning at the same widths). For an NPN run of LeNet-300-100 or LeNet-5-Caffe
+on MNIST (its ``summary.json`` gives the widths NPN reached, its epochs and its final test
 accuracy), every seed does, in one process:
 
-1. train a dense LeNet-300-100 with the same optimizer, learning rate and batch for as many
+1. train the dense model with the same optimizer, learning rate and batch for as many
    epochs as the NPN run took (neuroplast's ``fixed`` trainer);
 2. **Torch-Pruning**: ``tp.DependencyGraph`` on a copy of that model, one L2-magnitude
-   pruning group per hidden layer (``tp.prune_linear_out_channels`` with the indices of the
-   smallest-norm units, as ``tp.importance.MagnitudeImportance(p=2)`` ranks them), down to
-   NPN's hidden widths, then fine-tuning for the same number of epochs again;
+   pruning group per hidden layer (``tp.prune_conv_out_channels`` /
+   ``tp.prune_linear_out_channels`` with the indices of the smallest-norm units, as
+   ``tp.importance.MagnitudeImportance(p=2)`` ranks them), down to NPN's hidden widths, then
+   fine-tuning for the same number of epochs again;
 3. **neuroplast magnitude**: the same one-shot L2 pruning with ``neuroplast.prune_units`` on
    another copy, then the same fine-tuning (a check that the two mechanisms agree);
 
@@ -73,9 +74,16 @@ def _train(model: nn.Module, data, epochs: int, config: dict[str, Any], seed: in
     return trainer.history[-1], time.perf_counter() - started
 
 
-def _smallest_norm_units(layer: nn.Linear, keep: int) -> list[int]:
+# NPN's gates count units where they sit: a conv gate its conv's channels, a Linear's input gate
+# the units of the layer feeding it. Which gate gives each prunable layer's width:
+HIDDEN_FROM_GATES = {"lenet300": {"fc1": "fc2", "fc2": "out"},
+                     "lenet5": {"conv1": "conv1", "conv2": "conv2", "fc1": "out"}}
+
+
+def _smallest_norm_units(layer: nn.Module, keep: int) -> list[int]:
     """Indices of the units to remove: all but the ``keep`` largest L2 norms of fan-in + bias."""
-    norms = layer.weight.detach().pow(2).sum(1) + layer.bias.detach().pow(2)
+    weight = layer.weight.detach()
+    norms = weight.reshape(weight.shape[0], -1).pow(2).sum(1) + layer.bias.detach().pow(2)
     order = torch.argsort(norms, descending=True)
     return sorted(order[keep:].tolist())
 
@@ -90,8 +98,9 @@ def prune_with_torch_pruning(model: nn.Module, widths: dict[str, int]) -> nn.Mod
         layer = model.get_submodule(name)
         drop = _smallest_norm_units(layer, width)
         if drop:
-            group = graph.get_pruning_group(layer, tp.prune_linear_out_channels, idxs=drop)
-            group.prune()
+            prune = (tp.prune_conv_out_channels if isinstance(layer, nn.Conv2d)
+                     else tp.prune_linear_out_channels)
+            graph.get_pruning_group(layer, prune, idxs=drop).prune()
     return model
 
 
@@ -100,7 +109,7 @@ def prune_with_neuroplast(model: nn.Module, widths: dict[str, int]) -> nn.Module
     for name, width in widths.items():
         layer = model.get_submodule(name)
         drop = set(_smallest_norm_units(layer, width))
-        prune_units(model, name, [i for i in range(layer.out_features) if i not in drop])
+        prune_units(model, name, [i for i in range(layer.weight.shape[0]) if i not in drop])
     return model
 
 
@@ -120,12 +129,14 @@ def compare(npn_run: Path, seed: int, data_dir: Path) -> dict[str, Any]:
     config_values = json.loads((npn_run / "config.json").read_text())["train"]
     config = {k: config_values[k] for k in ("batch_size", "optimizer", "lr", "threads")}
     epochs = summary["epochs"]
-    names = summary["layer_names"]  # gate names: fc1 (inputs), fc2 (fc1's units), out (fc2's)
-    final = dict(zip(names, summary["final_widths"], strict=True))
-    hidden = {"fc1": final["fc2"], "fc2": final["out"]}  # units of fc1 and fc2
+    final = dict(zip(summary["layer_names"], summary["final_widths"], strict=True))
+    model_name = summary["model"]
+    if model_name not in HIDDEN_FROM_GATES:
+        raise SystemExit(f"torch-pruning comparison: no layer map for model '{model_name}'")
+    hidden = {layer: final[gate] for layer, gate in HIDDEN_FROM_GATES[model_name].items()}
     data = load_dataset("mnist", data_dir, seed=seed)
     torch.manual_seed(seed)
-    dense = build_model("lenet300", data.input_shape, data.num_classes)
+    dense = build_model(model_name, data.input_shape, data.num_classes)
     last, seconds = _train(dense, data, epochs, config, seed)
     rows = [_row("dense (fixed)", dense, last, seconds)]
     for label, prune in (("Torch-Pruning L2 + fine-tune", prune_with_torch_pruning),
@@ -285,8 +296,8 @@ def main() -> None:
         if args.npn_run is None:
             parser.error("torch-pruning needs --npn-run (an NPN LeNet-300-100 run directory)")
         results = [compare(args.npn_run, seed, args.data_dir) for seed in args.seeds]
-        title = ("LeNet-300-100 on MNIST: NPN against Torch-Pruning + fine-tuning at NPN's "
-                 "hidden widths")
+        title = ("MNIST: NPN against Torch-Pruning + fine-tuning at NPN's hidden widths, "
+                 f"{json.loads((args.npn_run / 'summary.json').read_text())['model']}")
         command = f"--npn-run {args.npn_run}"
     else:
         results = [compare_growth(seed, args.epochs, args.data_dir, args.threads)
