@@ -234,7 +234,10 @@ class Trainer:
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
     def evaluate(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[float, float]:
-        """Mean cross-entropy and accuracy of the model (in eval mode) on a split."""
+        """Mean cross-entropy and accuracy of the model (in eval mode) on a split.
+
+        Under DDP every rank must call it: each evaluates its share and the sums are reduced.
+        """
         if len(targets) == 0:
             return float("nan"), float("nan")
         was_training = self.model.training
