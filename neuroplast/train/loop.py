@@ -348,7 +348,7 @@ class Trainer:
         if self.distributed is None:
             return rows
         world = self.distributed.world_size
-        positions = torch.arange(self.distributed.rank, len(rows), world)
+        positions = self.distributed.shard(torch.arange(len(rows)))
         if len(positions) == 0:
             # More ranks than examples left: this rank joins with one row weighted zero.
             self.loss_scale, self.batch_rows = 0.0, (len(rows), torch.zeros(1, dtype=torch.long))
