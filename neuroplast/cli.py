@@ -153,7 +153,12 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
 
 
 def config_from_options(options: dict[str, Any], command: str | None = None) -> RunConfig:
-    """Merge defaults < recipe file < typed options into a :class:`RunConfig`."""
+    """Merge defaults < recipe file < typed options into a :class:`RunConfig`.
+
+    The launch options (``--distributed``, ``--nproc-per-node``, ...) say how to run, not what
+    to train, and are ignored here.
+    """
+    options = {k: v for k, v in options.items() if k not in DISTRIBUTED_OPTIONS}
     merged: dict[str, Any] = {}
     if "config" in options:
         merged.update(read_recipe(options.pop("config")))
@@ -270,8 +275,7 @@ def _run_command(args: argparse.Namespace, argv: list[str], distributed):
     from .train import run
 
     if args.command == "train":
-        options = {k: v for k, v in vars(args).items()
-                   if k != "command" and k not in DISTRIBUTED_OPTIONS}
+        options = {k: v for k, v in vars(args).items() if k != "command"}
         config = config_from_options(options, "neuroplast " + shlex.join(argv))
         return run.train_run(config, distributed=distributed), config.run_dir()
     summary = run.resume_run(args.run_dir, progress=args.progress, distributed=distributed)

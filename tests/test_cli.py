@@ -93,3 +93,16 @@ def test_mnist_from_the_shared_copy_trains(tmp_path, capsys):
                      "--out", tmp_path)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert code == 0 and summary["test_accuracy"] > 0.85
+
+
+def test_parsed_train_arguments_make_a_config_without_the_launch_options():
+    # What benchmarks do: parse a `neuroplast train` line, then build its RunConfig.
+    from neuroplast.cli import build_parser, config_from_options
+
+    args = vars(build_parser().parse_args(
+        ["train", "--method", "metanet", "--dataset", "digits", "--epochs", "3",
+         "--metanet-growth-fraction", "1.0"]))
+    args.pop("command")
+    config = config_from_options(args)
+    assert config.method == "metanet" and config.train.epochs == 3
+    assert config.method_options["growth_fraction"] == 1.0

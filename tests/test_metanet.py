@@ -306,17 +306,19 @@ def _fake_trainer(model, epochs=20, x=None, y=None):
         log_event=lambda text: None, all_reduce_sum_=lambda tensor: tensor)
 
 
-def _script(method, trainer, losses):
+def _script(method, trainer, losses, val_loss_se=0.0, before_epoch=None):
     """Run epochs with given (train_loss, val_loss); returns the width after each epoch."""
     widths = []
     x = trainer.data.x_train
     method.on_train_begin(trainer)
     for epoch, (train, val) in enumerate(losses, start=1):
+        if before_epoch is not None:
+            before_epoch(trainer.model, epoch)
         method.on_epoch_begin(trainer, epoch)
         trainer.model.train()
         with torch.no_grad():
             trainer.model(x)
-        trainer.last_metrics = {"train_loss": train, "val_loss": val}
+        trainer.last_metrics = {"train_loss": train, "val_loss": val, "val_loss_se": val_loss_se}
         method.on_epoch_end(trainer, epoch)
         widths.append(layer_widths(trainer.model)["fc1"])
         if trainer.stop_training:
@@ -325,28 +327,100 @@ def _script(method, trainer, losses):
 
 
 def test_plateau_trigger_grows_on_a_stall_but_not_while_improving_or_memorising():
-    method = MetaNet(proliferation="random", autophagy=False, growth_fraction=0.5, growth_min=2)
+    method = MetaNet(proliferation="random", autophagy=False, growth_fraction=0.5, growth_min=2,
+                     plateau_threshold=0.1)
     trainer = _fake_trainer(_model(widths=(8,)))
     losses = [(1.0, 1.0), (0.5, 0.5),   # learning fast: no growth
               (0.49, 0.49),             # stalled on both: grow 8 -> 12
-              (0.40, 0.40),             # improving again: no growth
+              (0.40, 0.40),             # 18% under the loss before growth: it paid off
               (0.30, 0.41),             # validation worse while training improves: memorising
               (0.299, 0.405),           # both stalled: grow 12 -> 18
-              (0.298, 0.404),           # stalled, but that growth has not paid off yet: wait
-              (0.297, 0.39)]            # a validation record (it paid off), still slow: grow
+              (0.298, 0.38),            # a record, but only 5% under 0.40: not paid yet, wait
+              (0.297, 0.355)]           # 11% under 0.40: paid; 7% under the best: stalled, grow
     assert _script(method, trainer, losses) == [8, 8, 12, 12, 12, 18, 18, 27]
 
 
-def test_a_layer_losing_neurons_to_autophagy_does_not_proliferate_in_that_cycle():
+def test_a_growth_that_does_not_pay_off_ends_proliferation():
+    method = MetaNet(proliferation="random", autophagy=False, growth_fraction=0.5, growth_min=2,
+                     plateau_threshold=0.1, stable_cycles=2)
+    trainer = _fake_trainer(_model(widths=(8,)))
+    events = []
+    trainer.log_event = events.append
+    # After the first stall every cycle sets a small record: training goes on, and is stalled.
+    losses = [(1.0, 1.0), (0.99, 0.99)] + [(0.99 - 0.01 * e, 0.99 - 0.01 * e) for e in range(1, 8)]
+    widths = _script(method, trainer, losses)
+    assert widths == [8, 12] + [12] * 7  # cycle 2 grows; 2 cycles without paying end it
+    assert "metanet: the last growth did not pay off; proliferation ends" in events
+
+
+def test_records_within_the_noise_do_not_pay_for_more_growth():
+    # A solved problem: the validation loss dips and stalls by turns, every dip far inside its
+    # standard error. Blind to the noise, each dip pays for the growth before it.
+    dips = [0.02, 0.0195, 0.012, 0.0119, 0.007, 0.0069, 0.004, 0.0039, 0.0023, 0.00229]
+    losses = [(loss, loss) for loss in dips]
+    options = dict(proliferation="random", autophagy=False, growth_fraction=0.5, growth_min=2)
+
+    blind = MetaNet(**options, significance=0.0)
+    widths = _script(blind, _fake_trainer(_model(widths=(8,))), losses, val_loss_se=0.01)
+    assert widths == [8, 12, 12, 18, 18, 27, 27, 41, 41, 62]  # a growth per dip: the runaway
+
+    aware = MetaNet(**options)  # significance 2: a payoff must beat the best by 0.02
+    widths = _script(aware, _fake_trainer(_model(widths=(8,))), losses, val_loss_se=0.01)
+    assert widths == [8, 12] + [12] * 8  # the first stall grows once; nothing pays after
+
+    # The same dips on a precise loss are real progress: each pays.
+    widths = _script(MetaNet(**options), _fake_trainer(_model(widths=(8,))), losses,
+                     val_loss_se=1e-6)
+    assert widths[-1] == 62
+
+
+def test_an_under_expressed_but_recovering_neuron_is_spared_and_a_stagnant_one_goes():
+    model = _model(widths=(12,))
+    x, y = _data()
+    _train_a_little(model, x, y)
+    with torch.no_grad():
+        model.out.weight[:, 2] *= 1e-3  # stagnant: under-expressed, and stays so
+        model.out.weight[:, 5] *= 1e-3  # recovering: starts as low, then doubles
+
+    def strengthen(model, epoch):
+        if epoch == 2:  # before any removal shifts the indices
+            with torch.no_grad():
+                model.out.weight[:, 5] *= 2
+
+    method = MetaNet(proliferation="none", autophagy_threshold=0.1, protect_cycles=0,
+                     autophagy_patience=2, max_removal=0.5, min_width=4)
+    trainer = _fake_trainer(model, x=x, y=y)
+    before = model.out.weight.detach().clone()
+    widths = _script(method, trainer, [(1.0, 1.0)] * 3, before_epoch=strengthen)
+    assert widths == [12, 11, 11]  # judged low at cycles 1 and 2: the stagnant one goes
+    survivors = model.out.weight.detach()
+    assert not any(torch.allclose(column, before[:, 2]) for column in survivors.T)
+    assert any(torch.allclose(column, before[:, 5] * 2) for column in survivors.T)
+
+    # Without the recovery rule both go.
+    model = _model(widths=(12,))
+    _train_a_little(model, x, y)
+    with torch.no_grad():
+        model.out.weight[:, 2] *= 1e-3
+        model.out.weight[:, 5] *= 1e-3
+    method = MetaNet(proliferation="none", autophagy_threshold=0.1, protect_cycles=0,
+                     autophagy_patience=2, max_removal=0.5, min_width=4, recovery=math.inf)
+    widths = _script(method, _fake_trainer(model, x=x, y=y), [(1.0, 1.0)] * 3,
+                     before_epoch=strengthen)
+    assert widths == [12, 10, 10]
+
+
+def test_a_layer_shedding_neurons_does_not_proliferate_for_stable_cycles_cycles():
     model = _model(widths=(12,))
     with torch.no_grad():
         model.fc1.bias[:4] = -1e3  # four dead units
     method = MetaNet(proliferation="random", autophagy_threshold=0.0, protect_cycles=0,
-                     max_removal=0.5, growth_fraction=0.5)
+                     max_removal=0.5, growth_fraction=0.5, stable_cycles=3)
     trainer = _fake_trainer(model)
-    stalled = [(1.0, 1.0), (0.99, 0.99), (0.985, 0.985)]
-    # Cycle 2: the dead units go and the stall does not grow the layer; cycle 3 grows it.
-    assert _script(method, trainer, stalled) == [12, 8, 12]
+    stalled = [(1.0 - 0.005 * e, 1.0 - 0.005 * e) for e in range(6)]  # records, no progress
+    # Cycle 2: the dead units go; cycles 2-4 the layer counts as shedding, so the stall does
+    # not grow it; cycle 5 does.
+    assert _script(method, trainer, stalled) == [12, 8, 8, 8, 12, 12]
 
 
 def test_schedule_trigger_grows_every_cycle_for_the_first_n_cycles():
@@ -358,7 +432,8 @@ def test_schedule_trigger_grows_every_cycle_for_the_first_n_cycles():
 
 
 def test_stable_widths_and_no_improvement_end_in_a_fine_tune_then_stop():
-    method = MetaNet(proliferation="none", autophagy=False, stable_cycles=2, finetune_epochs=2)
+    method = MetaNet(proliferation="none", autophagy=False, stable_cycles=2, finetune_epochs=2,
+                     stop_when_stable=True)
     trainer = _fake_trainer(_model(widths=(8,)), epochs=30)
     widths = _script(method, trainer, [(0.5, 0.5)] * 30)
     # Cycles 2 and 3 bring no change and no improvement -> fine-tune epochs 4, 5 -> stop.

@@ -60,13 +60,25 @@ def test_seeded_metanet_runs_repeat_exactly(tmp_path):
 
 def test_a_converged_run_stops_early_and_logs_neuron_epochs(tmp_path):
     config = _config(tmp_path, "none", epochs=12, autophagy=False, stable_cycles=2,
-                     plateau_threshold=1.0)
+                     stop_when_stable=True)
+    # Steps far below float32 resolution: the weights, so the validation loss, never move,
+    # and no cycle after the first sets a record.
+    config.train.optimizer, config.train.lr = "sgd", 1e-30
     summary = train_run(config)
     rows = epoch_metrics(tmp_path)
-    # Every cycle counts as "no improvement" at threshold 1.0, so: cycles 1-3, fine-tune 4.
+    # Cycle 1 sets the record, cycles 2-3 set none and change nothing, fine-tune epoch 4.
     assert summary["epochs"] == 4 and summary["stopped_early"] is None
     assert [row["method"]["phase"] for row in rows] == [0, 0, 1, 2]
     assert rows[-1]["method"]["neuron_epochs"] == 4 * 8
+
+
+def test_a_converged_run_trains_its_widths_to_the_end_of_the_budget_by_default(tmp_path):
+    config = _config(tmp_path, "none", epochs=7, autophagy=False, stable_cycles=2)
+    config.train.optimizer, config.train.lr = "sgd", 1e-30
+    summary = train_run(config)
+    rows = epoch_metrics(tmp_path)
+    assert summary["epochs"] == 7 and summary["stopped_early"] is None
+    assert [row["method"]["phase"] for row in rows] == [0, 0, 1, 1, 1, 1, 2]
 
 
 def test_command_line_trains_metanet_and_rejects_bad_options(tmp_path, capsys):
@@ -76,7 +88,7 @@ def test_command_line_trains_metanet_and_rejects_bad_options(tmp_path, capsys):
     assert cli.main(base) == 0
     config = json.loads((tmp_path / "ok" / "config.json").read_text())
     assert config["method_options"] == {"proliferation": "gradient", "trigger": "schedule"}
-    assert json.loads((tmp_path / "ok" / "summary.json").read_text())["final_widths"] == [12]
+    assert json.loads((tmp_path / "ok" / "summary.json").read_text())["final_widths"] == [16]
     capsys.readouterr()
     bad = base[:-1] + [str(tmp_path / "bad"), "--metanet-proliferation", "mitosis"]
     assert cli.main(bad) == 2

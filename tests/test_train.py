@@ -104,3 +104,26 @@ def test_resuming_a_finished_run_is_refused(tmp_path):
     train_run(_config(tmp_path, epochs=1))
     with pytest.raises(ValueError, match="already finished"):
         resume_run(tmp_path)
+
+
+def test_evaluation_reports_the_standard_error_of_the_mean_loss():
+    from torch.nn import functional as F
+
+    from neuroplast import build_model
+    from neuroplast.data import load_dataset
+    from neuroplast.methods import build_method
+    from neuroplast.train.loop import Trainer
+
+    data = load_dataset("digits", seed=0)
+    torch.manual_seed(0)
+    model = build_model("mlp", data.input_shape, data.num_classes, widths=[16])
+    trainer = Trainer(model, data, build_method("fixed", {}),
+                      TrainConfig(epochs=1, eval_batch_size=37, progress=False))
+    result = trainer.evaluate(data.x_val, data.y_val)
+    with torch.no_grad():
+        losses = F.cross_entropy(model(data.x_val), data.y_val, reduction="none").double()
+    assert result.loss == pytest.approx(losses.mean().item(), rel=1e-6)
+    assert result.loss_se == pytest.approx(
+        (losses.std() / len(losses) ** 0.5).item(), rel=1e-6)
+    assert result.accuracy == pytest.approx(
+        (model(data.x_val).argmax(1) == data.y_val).double().mean().item())

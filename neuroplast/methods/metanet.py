@@ -8,19 +8,23 @@ Only the paper's abstract is available, so this is a reconstruction faithful to 
    mean activation and fraction of zero outputs (no extra forward pass);
 2. **autophagy**: a unit whose expression (mean |activation| x norm of its outgoing weights)
    stays under ``autophagy_threshold`` x the layer's mean, or that is zero on at least
-   ``dead_fraction`` of the samples, for ``autophagy_patience`` consecutive cycles is removed;
-   newborns are protected for ``protect_cycles`` cycles, at most ``max_removal`` of a layer
-   goes per cycle, never below ``min_width``, and the removed units' mean contribution is folded
-   into the next layer's bias;
+   ``dead_fraction`` of the samples, for ``autophagy_patience`` consecutive cycles is removed,
+   unless its expression is rising by more than ``recovery`` per cycle; newborns are protected
+   for ``protect_cycles`` cycles, at most ``max_removal`` of a layer goes per cycle, never below
+   ``min_width``, and the removed units' mean contribution is folded into the next layer's bias;
 3. **proliferation** when the growth trigger fires: ``max(growth_min, growth_fraction x
    width)`` units by random birth, division or gradient-guided birth. The plateau trigger fires
-   when the cycle improved the best validation loss by less than ``plateau_threshold``, unless
-   the network is memorising (validation worse while training still improves by more than
-   that), the last growth has not yet paid off (no validation record since), or the layer
-   just lost neurons to autophagy (it has neurons to spare);
-4. repeat until the widths have not changed and the validation loss has not improved for
-   ``stable_cycles`` cycles, then fine-tune ``finetune_epochs`` at fixed width and stop; the
-   last ``finetune_epochs`` of the epoch budget are always fixed-width.
+   when the cycle did not improve the best validation loss by ``plateau_threshold`` (relative)
+   and by ``significance`` standard errors of that loss, unless the network is memorising
+   (validation worse while training still improves by more than that), the last growth has not
+   yet paid off, or autophagy removed neurons of the layer in the last ``stable_cycles`` cycles
+   (it has neurons to spare). A growth pays off when, within ``stable_cycles`` cycles, the loss
+   beats the best before it by the same two margins (it ended the plateau); one that does not
+   ends proliferation for the run;
+4. repeat until the widths have not changed and the validation loss has set no record for
+   ``stable_cycles`` cycles; then train the final widths to the end of the budget (or, with
+   ``stop_when_stable``, fine-tune ``finetune_epochs`` and stop); the last ``finetune_epochs``
+   of the epoch budget are always fixed-width.
 
 Every resize is physical (the core's ``grow_units`` / ``prune_units`` / ``split_units``) with
 the trainer's optimizer carried along.
@@ -81,11 +85,14 @@ class MetaNet(Method):
         "plateau", "when to proliferate: plateau (the validation loss stalled) or schedule "
                    "(every cycle for the first schedule-cycles cycles)")
     plateau_threshold: float = option(
-        0.1, "trigger plateau: grow when a cycle improves the best validation loss by less "
+        0.2, "trigger plateau: grow when a cycle improves the best validation loss by less "
               "than this fraction (not when it got worse while the training loss still "
               "improves by more: that network is memorising, not short of neurons)")
+    significance: float = option(
+        2.0, "a validation loss is progress only when it beats the best by more than this "
+             "many standard errors; a growth has paid off only after such a record")
     schedule_cycles: int = option(5, "trigger schedule: grow at each of the first N cycles")
-    growth_fraction: float = option(0.5, "neurons added per event, as a fraction of the width")
+    growth_fraction: float = option(1.0, "neurons added per event, as a fraction of the width")
     growth_min: int = option(4, "at least this many neurons per proliferation event")
     max_width: int = option(4096, "never grow a layer beyond this width")
     division_noise: float = option(
@@ -98,11 +105,14 @@ class MetaNet(Method):
     gradient_samples: int = option(
         1024, "gradient birth: training samples the gradient direction is estimated on")
     autophagy_threshold: float = option(
-        0.3, "a neuron is under-expressed below this fraction of its layer's mean expression")
+        0.5, "a neuron is under-expressed below this fraction of its layer's mean expression")
     dead_fraction: float = option(
         0.99, "...or when its activation is zero on at least this fraction of samples")
     autophagy_patience: int = option(
         2, "remove a neuron after this many consecutive under-expressed cycles")
+    recovery: float = option(
+        0.25, "an under-expressed neuron whose expression rose by more than this fraction "
+              "since the last cycle is recovering, not dying (newborns start small)")
     protect_cycles: int = option(1, "newborn neurons are not judged for this many cycles")
     max_removal: float = option(0.3, "remove at most this fraction of a layer per cycle")
     min_width: int = option(8, "never shrink a layer below this width")
@@ -114,7 +124,13 @@ class MetaNet(Method):
     stable_cycles: int = option(
         3, "stop metabolising after this many cycles without a size change or a validation "
            "improvement")
-    finetune_epochs: int = option(2, "fixed-width epochs that close the run")
+    finetune_epochs: int = option(
+        2, "the budget's last epochs are fixed-width; with stop-when-stable, the fixed-width "
+           "epochs that close the run once the widths settle")
+    stop_when_stable: bool = option(
+        False, "end the run finetune-epochs after the widths settle, instead of training the "
+               "final widths for the rest of the epoch budget (saves time; a slow learner "
+               "may stop early)")
 
     def __post_init__(self) -> None:
         self._check_options()
@@ -129,7 +145,11 @@ class MetaNet(Method):
         self._stable = 0
         self._since_improvement = 0
         self._growth_events = 0
-        self._growth_paid = True
+        self._growth_reference: float | None = None  # best val loss at an unpaid growth
+        self._growth_cycle = 0  # the cycle of that growth
+        self._growth_exhausted = False  # a growth failed to pay off: no more proliferation
+        self._shrunk_at: dict[str, int] = {}  # the cycle each layer last lost neurons
+        self._progress = True
         self._births = 0
         self._deaths = 0
         self._neuron_epochs = 0
@@ -159,7 +179,7 @@ class MetaNet(Method):
             fail("proliferation", f"must be one of {', '.join(PROLIFERATIONS)}")
         if self.trigger not in TRIGGERS:
             fail("trigger", f"must be one of {', '.join(TRIGGERS)}")
-        for flag in ("autophagy", "fold_bias", "warm_moments"):
+        for flag in ("autophagy", "fold_bias", "warm_moments", "stop_when_stable"):
             if not isinstance(getattr(self, flag), bool):
                 fail(flag, "must be true or false")
         if not isinstance(self.layers, str) or not self.layers.strip():
@@ -169,7 +189,7 @@ class MetaNet(Method):
                             ("protect_cycles", 0), ("min_width", 1), ("stable_cycles", 1),
                             ("finetune_epochs", 0)):
             integer(name, low)
-        for name in ("plateau_threshold", "growth_fraction",
+        for name in ("plateau_threshold", "significance", "recovery", "growth_fraction",
                        "division_noise", "birth_fanout_std", "autophagy_threshold"):
             if number(name) < 0:
                 fail(name, "must be >= 0")
@@ -217,6 +237,7 @@ class MetaNet(Method):
                 self._units[layer] = {
                     "age": torch.full((width,), self.protect_cycles, dtype=torch.long),
                     "low": torch.zeros(width, dtype=torch.long),
+                    "score": torch.full((width,), math.inf),  # no rise to protect them
                 }
         self._monitor.attach(trainer.model, self._layers)
         if self._phase == "done":
@@ -249,6 +270,10 @@ class MetaNet(Method):
         next_end = epoch + self.cycle_epochs
         if self._converged():
             self._phase = "finetune"
+            if not self.stop_when_stable:
+                self._finetune_until = trainer.config.epochs
+                trainer.log_event("metanet: widths stable, training them to the end of the budget")
+                return
             self._finetune_until = epoch + self.finetune_epochs
             trainer.log_event(f"metanet: widths stable, fine-tuning {self.finetune_epochs} epochs")
             if self.finetune_epochs == 0:
@@ -268,12 +293,17 @@ class MetaNet(Method):
         metrics = trainer.last_metrics
         train_loss = float(metrics.get("train_loss", math.nan))
         val_loss = float(metrics.get("val_loss", math.nan))
+        noise = self.significance * float(metrics.get("val_loss_se", 0.0))
         if not math.isfinite(val_loss):  # no validation split: the training loss stands in
-            val_loss = train_loss
+            val_loss, noise = train_loss, 0.0
         self._val_improvement = _improvement(self._best_val, val_loss)
         self._train_improvement = _improvement(self._last_train, train_loss)
-        if self._val_improvement > 0:
-            self._growth_paid = True  # a new validation record since the last growth
+        # A record by less than the loss's noise is luck, not progress (on easy data the
+        # relative improvements of a near-zero loss are all noise).
+        self._settle_growth(trainer, val_loss, noise)
+        self._progress = self._best_val is None or (
+            val_loss < self._best_val - noise
+            and self._val_improvement >= self.plateau_threshold)
         grow = self._growth_fires()
 
         scores: dict[str, torch.Tensor] = {}
@@ -289,38 +319,70 @@ class MetaNet(Method):
             scores[layer] = expression_scores(trainer.model, layer, stats.mean_abs())
             if self.autophagy and self._autophagy(trainer, layer, stats, scores):
                 shrunk.add(layer)
+                self._shrunk_at[layer] = self._cycle
         changed = bool(shrunk)
         if grow:
             grown = False
             for layer in self._layers:
-                # A layer with neurons to spare (it just lost some) is not short of neurons.
-                if layer not in shrunk or self.trigger == "schedule":
+                if self.trigger == "schedule" or not self._shedding(layer):
                     grown |= self._proliferate(trainer, layer, scores.get(layer), generator)
             self._growth_events += 1
-            self._growth_paid = not grown
+            if grown:
+                best = val_loss if self._best_val is None else min(self._best_val, val_loss)
+                self._growth_reference, self._growth_cycle = best, self._cycle
             changed |= grown
         self._monitor.clear()
 
-        # The first cycle sets the first record, which counts as an improvement.
-        improved = math.isnan(self._val_improvement) or (
-            self._val_improvement >= self.plateau_threshold)
-        self._since_improvement = 0 if improved else self._since_improvement + 1
+        # Any record, even within the noise, says training still helps: not converged yet.
+        record = self._best_val is None or val_loss < self._best_val
+        self._since_improvement = 0 if record else self._since_improvement + 1
         self._stable = 0 if changed else self._stable + 1
-        if self._best_val is None or val_loss < self._best_val:
+        if record:
             self._best_val = val_loss
         self._last_train = train_loss
 
+    def _settle_growth(self, trainer: Trainer, val_loss: float, noise: float) -> None:
+        """Judge the pending growth: it pays off when, within ``stable_cycles`` cycles, the
+        validation loss beats the best before it by ``plateau_threshold`` (relative) and by
+        more than the noise, i.e. when it ends the plateau that triggered it.
+
+        A growth that does not pay off ends proliferation for the run: the network is not short
+        of neurons. Any improvement would not do, because a network still learning its way down
+        a long, gentle loss slope improves after every growth, which is then credited with
+        what training did (Moons from 8 doubled to 547 neurons that way).
+        """
+        reference = self._growth_reference
+        if reference is None:
+            return
+        if val_loss < reference - max(self.plateau_threshold * abs(reference), noise):
+            self._growth_reference = None
+        elif self._cycle - self._growth_cycle >= self.stable_cycles:
+            self._growth_reference = None
+            self._growth_exhausted = True
+            trainer.log_event("metanet: the last growth did not pay off; proliferation ends")
+
     def _growth_fires(self) -> bool:
-        if self.proliferation == "none":
+        if self.proliferation == "none" or self._growth_exhausted:
             return False
         if self.trigger == "schedule":
             return self._growth_events < self.schedule_cycles
         # Plateau: needs a previous cycle to compare with.
         val, train = self._val_improvement, self._train_improvement
-        if math.isnan(val) or math.isnan(train) or not self._growth_paid:
+        if math.isnan(val) or math.isnan(train) or self._growth_reference is not None:
             return False  # no reference yet, or the last growth has not paid off
         memorising = val < 0 and train >= self.plateau_threshold
-        return val < self.plateau_threshold and not memorising
+        return not self._progress and not memorising
+
+    def _shedding(self, layer: str) -> bool:
+        """Whether autophagy removed neurons of ``layer`` in the last ``stable_cycles`` cycles.
+
+        A layer still shedding under-expressed neurons has neurons to spare, so it does not
+        grow. Without this brake a network learning its way down a long loss slope (a run of
+        significant improvements, each under the plateau threshold) doubled again and again
+        while autophagy trimmed it: Moons from 8 ended at 547 neurons, 33 with the brake.
+        """
+        shrunk_at = self._shrunk_at.get(layer)
+        return shrunk_at is not None and self._cycle - shrunk_at < self.stable_cycles
 
     def _converged(self) -> bool:
         return (self._stable >= self.stable_cycles
@@ -333,6 +395,8 @@ class MetaNet(Method):
         low = under_expressed(scores[layer], stats.zero_fraction(),
                               threshold=self.autophagy_threshold,
                               dead_fraction=self.dead_fraction)
+        low &= scores[layer] <= (1 + self.recovery) * units["score"]  # not recovering
+        units["score"] = scores[layer].clone()
         eligible = units["age"] > self.protect_cycles
         remove, units["low"] = select_autophagy(
             scores[layer], low, eligible, units["low"], patience=self.autophagy_patience,
@@ -382,6 +446,7 @@ class MetaNet(Method):
         units = self._units[layer]
         units["age"] = torch.cat([units["age"], torch.zeros(n, dtype=torch.long)])
         units["low"] = torch.cat([units["low"], torch.zeros(n, dtype=torch.long)])
+        units["score"] = torch.cat([units["score"], torch.zeros(n)])
         self._births += n
         self._epoch_births += n
         trainer.log_event(f"proliferation ({self.proliferation}): {layer} +{n} to {group.width}")
@@ -416,7 +481,11 @@ class MetaNet(Method):
             "stable": self._stable,
             "since_improvement": self._since_improvement,
             "growth_events": self._growth_events,
-            "growth_paid": self._growth_paid,
+            "growth_reference": self._growth_reference,
+            "growth_cycle": self._growth_cycle,
+            "growth_exhausted": self._growth_exhausted,
+            "shrunk_at": dict(self._shrunk_at),
+            "progress": self._progress,
             "births": self._births,
             "deaths": self._deaths,
             "neuron_epochs": self._neuron_epochs,
@@ -428,6 +497,8 @@ class MetaNet(Method):
         self._layers = list(state["layers"])
         self._units = {layer: {k: v.clone() for k, v in units.items()}
                        for layer, units in state["units"].items()}
+        for units in self._units.values():  # checkpoints from before the recovery rule
+            units.setdefault("score", torch.full((units["age"].numel(),), math.inf))
         self._monitor.stats = {layer: UnitStats.from_state(s)
                                for layer, s in state["stats"].items()}
         self._phase = state["phase"]
@@ -438,7 +509,12 @@ class MetaNet(Method):
         self._stable = state["stable"]
         self._since_improvement = state["since_improvement"]
         self._growth_events = state["growth_events"]
-        self._growth_paid = state["growth_paid"]
+        self._shrunk_at = dict(state.get("shrunk_at", {}))
+        self._growth_cycle = state.get("growth_cycle", self._cycle)
+        self._growth_exhausted = state.get("growth_exhausted", False)
+        self._growth_reference = state.get(  # checkpoints from before it had a reference
+            "growth_reference", None if state.get("growth_paid", True) else state["best_val"])
+        self._progress = state.get("progress", True)
         self._births = state["births"]
         self._deaths = state["deaths"]
         self._neuron_epochs = state["neuron_epochs"]

@@ -20,7 +20,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +37,14 @@ from .callbacks import Callback, Method
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("none", "cosine", "step")
+
+
+class Evaluation(NamedTuple):
+    """A model's mean loss, accuracy and the standard error of that mean on one split."""
+
+    loss: float
+    accuracy: float
+    loss_se: float
 
 
 class TrainingDiverged(RuntimeError):
@@ -233,13 +241,13 @@ class Trainer:
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
-    def evaluate(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[float, float]:
-        """Mean cross-entropy and accuracy of the model (in eval mode) on a split.
+    def evaluate(self, inputs: torch.Tensor, targets: torch.Tensor) -> Evaluation:
+        """Mean cross-entropy, accuracy and the loss's standard error on a split (eval mode).
 
         Under DDP every rank must call it: each evaluates its share and the sums are reduced.
         """
         if len(targets) == 0:
-            return float("nan"), float("nan")
+            return Evaluation(math.nan, math.nan, math.nan)
         was_training = self.model.training
         self.model.eval()
         if self.distributed is not None:  # each rank evaluates its share; the sums are reduced
@@ -247,16 +255,20 @@ class Trainer:
             inputs, targets, total = inputs[rank::world], targets[rank::world], len(targets)
         else:
             total = len(targets)
-        sums = torch.zeros(2, dtype=torch.float64)  # summed loss, correct predictions
+        sums = torch.zeros(3, dtype=torch.float64)  # summed loss, squared loss, correct
         for start in range(0, len(targets), self.config.eval_batch_size):
             x = inputs[start : start + self.config.eval_batch_size]
             y = targets[start : start + self.config.eval_batch_size]
             logits = self.model(x)
-            sums[0] += F.cross_entropy(logits, y, reduction="sum").double()
-            sums[1] += (logits.argmax(1) == y).sum()
+            losses = F.cross_entropy(logits, y, reduction="none").double()
+            sums[0] += losses.sum()
+            sums[1] += losses.square().sum()
+            sums[2] += (logits.argmax(1) == y).sum()
         self.model.train(was_training)
-        loss_sum, correct = self.all_reduce_sum_(sums).tolist()
-        return loss_sum / total, correct / total
+        loss_sum, square_sum, correct = self.all_reduce_sum_(sums).tolist()
+        mean = loss_sum / total
+        variance = max(square_sum / total - mean * mean, 0.0) * total / max(total - 1, 1)
+        return Evaluation(mean, correct / total, math.sqrt(variance / total))
 
     # ------------------------------------------------------------------ training
     def _batches(self, epoch_rng: torch.Tensor):
@@ -365,12 +377,12 @@ class Trainer:
             # Evaluate and decide with rank 0's BatchNorm statistics, as its checkpoint will.
             self.distributed.broadcast_buffers_(self.model)
             self.distributed.sync_rng_()
-        val_loss, val_acc = self.evaluate(self.data.x_val, self.data.y_val)
-        test_loss, test_acc = self.evaluate(self.data.x_test, self.data.y_test)
+        val = self.evaluate(self.data.x_val, self.data.y_val)
+        test = self.evaluate(self.data.x_test, self.data.y_test)
         self.last_metrics = {
             "epoch": epoch, "train_loss": train[0], "train_accuracy": train[1],
-            "val_loss": val_loss, "val_accuracy": val_acc,
-            "test_loss": test_loss, "test_accuracy": test_acc,
+            "val_loss": val.loss, "val_accuracy": val.accuracy, "val_loss_se": val.loss_se,
+            "test_loss": test.loss, "test_accuracy": test.accuracy,
         }
         for callback in self.callbacks:
             callback.on_epoch_end(self, epoch)
