@@ -19,8 +19,8 @@ Only the paper's abstract is available, so this is a reconstruction faithful to 
    (validation worse while training still improves by more than that), the last growth has not
    yet paid off, or autophagy removed neurons of the layer in the last ``stable_cycles`` cycles
    (it has neurons to spare). A growth pays off when, within ``stable_cycles`` cycles, the loss
-   beats the best before it by the same two margins (it ended the plateau); one that does not
-   ends proliferation for the run;
+   beats the best before it by ``payoff_threshold`` (relative) and beyond the noise; one that
+   does not ends proliferation for the run;
 4. repeat until the widths have not changed and the validation loss has set no record for
    ``stable_cycles`` cycles; then train the final widths to the end of the budget (or, with
    ``stop_when_stable``, fine-tune ``finetune_epochs`` and stop); the last ``finetune_epochs``
@@ -88,6 +88,10 @@ class MetaNet(Method):
         0.2, "trigger plateau: grow when a cycle improves the best validation loss by less "
               "than this fraction (not when it got worse while the training loss still "
               "improves by more: that network is memorising, not short of neurons)")
+    payoff_threshold: float = option(
+        0.05, "a growth pays off when, within stable-cycles cycles, the validation loss falls "
+              "this fraction (and beyond the noise) below the best before it; one that does "
+              "not ends proliferation")
     significance: float = option(
         2.0, "a validation loss is progress only when it beats the best by more than this "
              "many standard errors; a growth has paid off only after such a record")
@@ -189,8 +193,9 @@ class MetaNet(Method):
                             ("protect_cycles", 0), ("min_width", 1), ("stable_cycles", 1),
                             ("finetune_epochs", 0)):
             integer(name, low)
-        for name in ("plateau_threshold", "significance", "recovery", "growth_fraction",
-                       "division_noise", "birth_fanout_std", "autophagy_threshold"):
+        for name in ("plateau_threshold", "payoff_threshold", "significance", "recovery",
+                     "growth_fraction", "division_noise", "birth_fanout_std",
+                     "autophagy_threshold"):
             if number(name) < 0:
                 fail(name, "must be >= 0")
         if not 0 < number("gradient_eps") < math.inf:
@@ -343,18 +348,18 @@ class MetaNet(Method):
 
     def _settle_growth(self, trainer: Trainer, val_loss: float, noise: float) -> None:
         """Judge the pending growth: it pays off when, within ``stable_cycles`` cycles, the
-        validation loss beats the best before it by ``plateau_threshold`` (relative) and by
-        more than the noise, i.e. when it ends the plateau that triggered it.
+        validation loss beats the best before it by ``payoff_threshold`` (relative) and by
+        more than the noise.
 
         A growth that does not pay off ends proliferation for the run: the network is not short
-        of neurons. Any improvement would not do, because a network still learning its way down
-        a long, gentle loss slope improves after every growth, which is then credited with
-        what training did (Moons from 8 doubled to 547 neurons that way).
+        of neurons. Any significant improvement would not do, because a network still learning
+        its way down a long, gentle loss slope improves after every growth, which is then
+        credited with what training did (Moons from 8 doubled to 547 neurons that way).
         """
         reference = self._growth_reference
         if reference is None:
             return
-        if val_loss < reference - max(self.plateau_threshold * abs(reference), noise):
+        if val_loss < reference - max(self.payoff_threshold * abs(reference), noise):
             self._growth_reference = None
         elif self._cycle - self._growth_cycle >= self.stable_cycles:
             self._growth_reference = None
