@@ -116,6 +116,9 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add("--threads", type=int, default=s,
         help="torch CPU threads (default: torch's choice; 1 is often fastest for small models "
              "on a busy machine)")
+    add("--device", default=s,
+        help="where to train: cpu (default), cuda, cuda:N or mps; the data stays in CPU memory "
+             "and each batch is moved (single process; --distributed runs on the CPU)")
     add("--no-progress", dest="progress", action="store_false", default=s,
         help="no progress bar or per-epoch lines")
     for method in METHODS:
@@ -202,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     resume = commands.add_parser("resume", help="continue an interrupted run")
     resume.add_argument("run_dir")
     resume.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+    resume.add_argument("--device", default=None,
+                        help="continue on this device (default: the one the run trained on)")
     _add_distributed_arguments(resume)
     report = commands.add_parser("report", help="(re)write a run's report.md and plots")
     report.add_argument("run_dir")
@@ -278,7 +283,8 @@ def _run_command(args: argparse.Namespace, argv: list[str], distributed):
         options = {k: v for k, v in vars(args).items() if k != "command"}
         config = config_from_options(options, "neuroplast " + shlex.join(argv))
         return run.train_run(config, distributed=distributed), config.run_dir()
-    summary = run.resume_run(args.run_dir, progress=args.progress, distributed=distributed)
+    summary = run.resume_run(args.run_dir, progress=args.progress, distributed=distributed,
+                             device=args.device)
     return summary, Path(args.run_dir)
 
 

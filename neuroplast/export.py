@@ -153,8 +153,12 @@ def compact_model(model: nn.Module) -> nn.Module:
     return compact.eval()
 
 
-def _example_input(input_shape: tuple[int, ...], batch: int = 2) -> torch.Tensor:
-    return torch.randn((batch, *input_shape), generator=torch.Generator().manual_seed(0))
+def _example_input(model: nn.Module, input_shape: tuple[int, ...], batch: int = 2) -> torch.Tensor:
+    """A fixed random batch for tracing, on the model's device."""
+    parameter = next(model.parameters(), None)
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    x = torch.randn((batch, *input_shape), generator=torch.Generator().manual_seed(0))
+    return x.to(device)
 
 
 def export_torchscript(
@@ -164,7 +168,7 @@ def export_torchscript(
     path = Path(path)
     compact = compact_model(model)
     with torch.no_grad():
-        scripted = torch.jit.trace(compact, _example_input(input_shape))
+        scripted = torch.jit.trace(compact, _example_input(compact, input_shape))
     _atomic_save(lambda tmp: torch.jit.save(scripted, tmp), path)
     return path
 
@@ -173,7 +177,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_shape: tuple[in
     """Compact ``model`` and save it as ONNX with a dynamic batch dimension."""
     path = Path(path)
     compact = compact_model(model)
-    example = _example_input(input_shape)
+    example = _example_input(compact, input_shape)
 
     def write(tmp: str) -> None:
         try:

@@ -257,18 +257,20 @@ def split_units(
         if tensor is None:
             continue
         index = columns if coupled.role == "consumes" else parents
-        copy = tensor.detach().index_select(coupled.dim, index).clone()
+        copy = tensor.detach().index_select(coupled.dim, index.to(tensor.device)).clone()
         if coupled.role == "consumes":
             copy = copy * 0.5
         elif coupled.role == "produces" and coupled.tensor_name == "weight" and noise_std > 0:
-            copy = copy + noise_std * torch.randn(copy.shape, generator=generator)
+            # Drawn on the CPU generator, so a seed gives the same copies on every device.
+            noise = torch.randn(copy.shape, generator=generator, dtype=copy.dtype)
+            copy = copy + noise_std * noise.to(copy.device)
         values[coupled.key] = copy
     _rebuild_group(group, torch.arange(group.width), values, parents.numel(), optimizer)
     with torch.no_grad():
         for coupled in group.per_role("consumes"):
             weight = getattr(coupled.module, coupled.tensor_name)
-            halved = weight.index_select(coupled.dim, columns) * 0.5
-            weight.index_copy_(coupled.dim, columns, halved)
+            where = columns.to(weight.device)
+            weight.index_copy_(coupled.dim, where, weight.index_select(coupled.dim, where) * 0.5)
     return group
 
 

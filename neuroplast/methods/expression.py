@@ -69,8 +69,8 @@ class UnitStats:
     count: int = 0
 
     @classmethod
-    def empty(cls, width: int) -> UnitStats:
-        zeros = torch.zeros(width, dtype=torch.float64)
+    def empty(cls, width: int, device: torch.device | str | None = None) -> UnitStats:
+        zeros = torch.zeros(width, dtype=torch.float64, device=device)
         return cls(zeros.clone(), zeros.clone(), zeros.clone(), 0)
 
     @property
@@ -80,6 +80,9 @@ class UnitStats:
     def add(self, activations: torch.Tensor) -> None:
         """Accumulate a batch of activations shaped ``(batch, units)``."""
         h = activations.detach()
+        if self.abs_sum.device != h.device:  # sums resumed from a checkpoint sit on the CPU
+            self.abs_sum, self.sum, self.zeros = (t.to(h.device)
+                                                  for t in (self.abs_sum, self.sum, self.zeros))
         self.abs_sum += h.abs().sum(0, dtype=torch.float64)
         self.sum += h.sum(0, dtype=torch.float64)
         self.zeros += (h == 0).sum(0, dtype=torch.float64)
@@ -89,27 +92,30 @@ class UnitStats:
         """Sum the statistics over data-parallel ranks (``trainer.all_reduce_sum_``) in place."""
         width = self.width
         packed = torch.cat([self.abs_sum, self.sum, self.zeros,
-                            torch.tensor([float(self.count)], dtype=torch.float64)])
+                            torch.tensor([float(self.count)], dtype=torch.float64,
+                                         device=self.abs_sum.device)])
         all_reduce_sum_(packed)
         self.abs_sum, self.sum, self.zeros = (packed[i * width : (i + 1) * width].clone()
                                               for i in range(3))
         self.count = int(packed[-1])
 
+    # The sums live where the activations do; what decisions read comes back to the CPU,
+    # once per cycle, where the policies keep their bookkeeping.
     def mean_abs(self) -> torch.Tensor:
-        """Mean absolute activation per unit."""
-        return self.abs_sum / max(self.count, 1)
+        """Mean absolute activation per unit (on the CPU)."""
+        return self.abs_sum.cpu() / max(self.count, 1)
 
     def mean(self) -> torch.Tensor:
-        """Mean (signed) activation per unit: what bias folding adds to the consumer."""
-        return self.sum / max(self.count, 1)
+        """Mean (signed) activation per unit: what bias folding adds to the consumer (CPU)."""
+        return self.sum.cpu() / max(self.count, 1)
 
     def zero_fraction(self) -> torch.Tensor:
-        """Fraction of samples on which each unit output exactly zero (APoZ)."""
-        return self.zeros / max(self.count, 1)
+        """Fraction of samples on which each unit output exactly zero (APoZ; on the CPU)."""
+        return self.zeros.cpu() / max(self.count, 1)
 
     def to_state(self) -> dict[str, object]:
-        return {"abs_sum": self.abs_sum, "sum": self.sum, "zeros": self.zeros,
-                "count": self.count}
+        return {"abs_sum": self.abs_sum.cpu(), "sum": self.sum.cpu(),
+                "zeros": self.zeros.cpu(), "count": self.count}
 
     @classmethod
     def from_state(cls, state: dict) -> UnitStats:
@@ -162,16 +168,16 @@ class ExpressionMonitor:
             stats = self.stats.get(layer)
             if stats is None or stats.width != h.shape[1]:
                 # First batch, or the layer was resized outside a cycle end: start afresh.
-                stats = self.stats[layer] = UnitStats.empty(h.shape[1])
+                stats = self.stats[layer] = UnitStats.empty(h.shape[1], h.device)
             stats.add(h)
 
         return record
 
 
 def outgoing_norms(group: UnitGroup) -> torch.Tensor:
-    """L2 norm of each unit's outgoing weights (its consumer column)."""
+    """L2 norm of each unit's outgoing weights (its consumer column), on the CPU."""
     weight = group.consumer.weight
-    return weight.detach().norm(dim=0).double()
+    return weight.detach().norm(dim=0).double().cpu()
 
 
 def expression_scores(model: nn.Module, layer: str, mean_abs: torch.Tensor) -> torch.Tensor:
@@ -181,7 +187,7 @@ def expression_scores(model: nn.Module, layer: str, mean_abs: torch.Tensor) -> t
     if norms.numel() != mean_abs.numel():
         raise ValueError(f"statistics for {mean_abs.numel()} units but layer '{layer}' has "
                          f"{norms.numel()}")
-    return mean_abs.double() * norms
+    return mean_abs.double().cpu() * norms
 
 
 def under_expressed(
@@ -255,7 +261,8 @@ def remove_units(
                              ": it has no bias")
         with torch.no_grad():
             weight = group.consumer.weight
-            folded = weight[:, remove].double() @ mean_activation[remove].double()
+            columns = weight[:, remove.to(weight.device)].double()
+            folded = columns @ mean_activation[remove].to(weight.device).double()
             bias += folded.to(bias.dtype)
     keep = torch.ones(group.width, dtype=torch.bool)
     keep[remove] = False

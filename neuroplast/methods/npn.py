@@ -409,14 +409,14 @@ class NPN(Method):
             for coupled in groups[group_name].tensors:
                 tensor = getattr(coupled.module, coupled.tensor_name, None)
                 if tensor is not None and coupled.key not in self._reserve:
-                    self._reserve[coupled.key] = tensor.detach().clone()
+                    self._reserve[coupled.key] = tensor.detach().cpu().clone()  # bookkeeping
 
     def _unit_ids(self, group_name: str, width: int) -> torch.Tensor:
         owner = self._owners.get(group_name)
         if owner is None:
             return torch.arange(width)
         layer = next(layer for layer in self._layers if layer.name == owner)
-        return layer.gate.unit_id.clone()
+        return layer.gate.unit_id.cpu().clone()
 
     def _grow_unit(
         self, trainer: Trainer, group_name: str, layer: GatedLayer, index: int, value: float

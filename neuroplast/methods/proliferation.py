@@ -155,15 +155,17 @@ def _gradient_and_input(
     was_training = model.training
     model.eval()
     try:
+        device = group.producer.weight.device  # the data may sit on the CPU
         with torch.enable_grad():
-            loss = F.cross_entropy(model(inputs), targets)
+            loss = F.cross_entropy(model(inputs.to(device)), targets.to(device))
             (delta,) = torch.autograd.grad(loss, captured["y"])
     finally:
         model.train(was_training)
         for handle in handles:
             handle.remove()
     x = captured["x"].reshape(len(inputs), -1)
-    return delta.reshape(len(inputs), -1).double().T @ x.double(), x
+    g = delta.reshape(len(inputs), -1).double().T @ x.double()
+    return g.cpu(), x  # G is small (outputs x inputs): the fan-out is chosen on the CPU
 
 
 def gradient_fan_out(
@@ -234,7 +236,7 @@ def gradient_birth(
     fan_in = torch.zeros(n, producer.shape[1], dtype=producer.dtype)
     bias = torch.full((n,), float(eps), dtype=producer.dtype)
     # What the consumer reads from a unit whose pre-activation is the constant eps.
-    constant = bias[None, :]
+    constant = bias[None, :].to(producer.device)
     was_training = [m.training for _, m in group.path]
     with torch.no_grad():
         for _, module in group.path:
@@ -245,5 +247,6 @@ def gradient_birth(
     group = grow_units(model, layer, n, fan_in=fan_in, bias=bias, fan_out=fan_out,
                        optimizer=optimizer)
     with torch.no_grad():
-        group.consumer.bias -= (fan_out.double() @ constant[0].double()).to(weight.dtype)
+        shift = fan_out.double() @ constant[0].double().cpu()
+        group.consumer.bias -= shift.to(group.consumer.bias.device, weight.dtype)
     return group

@@ -137,7 +137,7 @@ class APoZPruning(StructuredPruning):
         try:
             inputs = trainer.data.x_val[: self.samples]
             for start in range(0, len(inputs), 500):
-                trainer.model(inputs[start : start + 500])
+                trainer.model(inputs[start : start + 500].to(trainer.device))
         finally:
             handle.remove()
             trainer.model.train(was_training)

@@ -67,6 +67,7 @@ class TrainConfig:
     progress: bool = True
     tensorboard: bool = False
     threads: int | None = None  # torch CPU threads; None keeps torch's default
+    device: str = "cpu"  # where the model trains: cpu, cuda, cuda:N, mps
 
     def validate(self) -> None:
         """Raise ValueError naming the first inconsistent option."""
@@ -84,6 +85,30 @@ class TrainConfig:
             raise ValueError(f"unknown optimizer '{self.optimizer}'; choose one of {OPTIMIZERS}")
         if self.scheduler not in SCHEDULERS:
             raise ValueError(f"unknown scheduler '{self.scheduler}'; choose one of {SCHEDULERS}")
+        check_device(self.device)
+
+
+def check_device(name: str) -> torch.device:
+    """The torch device ``name`` names, or a ValueError saying why it cannot be used here."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"--device {name} is not a device: use cpu, cuda, cuda:N or mps "
+                         f"({error})") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name}: this machine has no usable CUDA device "
+                             "(torch.cuda.is_available() is False); use --device cpu, or "
+                             "install a CUDA build of PyTorch")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: this machine has "
+                             f"{torch.cuda.device_count()} CUDA device(s)")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"--device {name}: MPS is not available on this machine")
+    elif device.type != "cpu":
+        raise ValueError(f"--device {name}: neuroplast trains on cpu, cuda or mps")
+    return device
 
 
 def make_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
@@ -130,10 +155,14 @@ class Trainer:
         self.distributed = distributed
         if distributed is not None and not distributed.is_main:
             self.config.progress = False  # one progress bar: rank 0's
-        self.data = data
+        self.device = check_device(self.config.device)
+        if distributed is not None and self.device.type != "cpu":
+            raise ValueError("distributed training runs on the CPU for now (gloo); "
+                             f"--device {self.config.device} with --distributed is not supported")
+        self.data = data  # stays on the CPU: each batch is moved to the device
         self.method = method
         self.callbacks: list[Callback] = [method, *callbacks]
-        self.model = method.prepare_model(model)
+        self.model = method.prepare_model(model).to(self.device)
         groups = method.param_groups(self.model, self.config.lr)
         self.optimizer = make_optimizer(self.config, groups or self.model.parameters())
         self.scheduler = make_scheduler(self.config, self.optimizer)
@@ -255,17 +284,18 @@ class Trainer:
             inputs, targets, total = inputs[rank::world], targets[rank::world], len(targets)
         else:
             total = len(targets)
-        sums = torch.zeros(3, dtype=torch.float64)  # summed loss, squared loss, correct
+        # summed loss, squared loss, correct predictions
+        sums = torch.zeros(3, dtype=torch.float64, device=self.device)
         for start in range(0, len(targets), self.config.eval_batch_size):
-            x = inputs[start : start + self.config.eval_batch_size]
-            y = targets[start : start + self.config.eval_batch_size]
+            x = inputs[start : start + self.config.eval_batch_size].to(self.device)
+            y = targets[start : start + self.config.eval_batch_size].to(self.device)
             logits = self.model(x)
             losses = F.cross_entropy(logits, y, reduction="none").double()
             sums[0] += losses.sum()
             sums[1] += losses.square().sum()
             sums[2] += (logits.argmax(1) == y).sum()
         self.model.train(was_training)
-        loss_sum, square_sum, correct = self.all_reduce_sum_(sums).tolist()
+        loss_sum, square_sum, correct = self.all_reduce_sum_(sums).cpu().tolist()
         mean = loss_sum / total
         variance = max(square_sum / total - mean * mean, 0.0) * total / max(total - 1, 1)
         return Evaluation(mean, correct / total, math.sqrt(variance / total))
@@ -284,7 +314,7 @@ class Trainer:
         batches = self._batches(epoch_rng)
         first = position.get("batch", 0)
         loss_sum = position.get("loss_sum", 0.0)
-        correct = torch.tensor(position.get("correct", 0), dtype=torch.long)
+        correct = torch.tensor(position.get("correct", 0), dtype=torch.long, device=self.device)
         seen = position.get("seen", 0)
         self.model.train()
         bar = tqdm(total=len(batches), initial=first, desc=f"epoch {epoch}/{self.config.epochs}",
@@ -294,8 +324,8 @@ class Trainer:
         try:
             for index in range(first, len(batches)):
                 rows = self._share(batches[index])
-                x = self.data.x_train[rows]
-                y = self.data.y_train[rows]
+                x = self.data.x_train[rows].to(self.device, non_blocking=True)
+                y = self.data.y_train[rows].to(self.device, non_blocking=True)
                 for callback in self.callbacks:
                     callback.on_batch_begin(self, x, y)
                 self.optimizer.zero_grad(set_to_none=True)

@@ -167,16 +167,20 @@ def resume_run(
     progress: bool | None = None,
     callbacks: Sequence[Callback] = (),
     distributed: DistributedContext | None = None,
+    device: str | None = None,
 ) -> dict[str, Any]:
     """Continue an interrupted run from its checkpoint to the planned number of epochs.
 
     The run may have been trained in one process or data-parallel; it continues with any
-    number of ranks (``distributed``), since every rank's state is the same.
+    number of ranks (``distributed``), since every rank's state is the same, and on any
+    ``device`` (default: the one it trained on; checkpoints hold CPU tensors).
     """
     config = read_config(run_dir)
     config.out = str(run_dir)
     if progress is not None:
         config.train.progress = progress
+    if device is not None:
+        config.train.device = device
     _, trainer = _build(config, callbacks, distributed)
     trainer.restore(Path(run_dir) / "checkpoint")
     if trainer.epoch >= config.train.epochs and not trainer.mid_epoch:
@@ -236,7 +240,7 @@ def _plot_moons(trainer: Trainer, run_dir: Path) -> None:
     def predict(points: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             inputs = torch.as_tensor(points, dtype=torch.float32) @ basis
-            return torch.softmax(model(inputs), dim=1).numpy()
+            return torch.softmax(model(inputs.to(trainer.device)), dim=1).cpu().numpy()
 
     points = (trainer.data.x_test @ basis.T).numpy()
     plot_decision_boundary(predict, points, trainer.data.y_test.numpy(),
