@@ -262,10 +262,12 @@ def init_distributed(backend: str | None = None, timeout_s: float = 300.0) -> Di
     if backend not in ("gloo", "nccl"):
         raise DistributedError(f"unknown distributed backend '{backend}'; choose gloo or nccl")
     if backend == "nccl":
-        # NCCL reduces CUDA tensors only, and the trainer keeps model and data on the CPU.
+        # NCCL reduces CUDA tensors only; data-parallel training keeps the model on the CPU
+        # (the collectives for statistics and checks have not been verified on a GPU).
         raise DistributedError(
-            "the nccl backend needs the model and data on GPUs, and neuroplast's trainer runs "
-            "on the CPU (GPU training is not supported yet): use --dist-backend gloo")
+            "the nccl backend needs the model and data on GPUs, and neuroplast's data-parallel "
+            "training runs on the CPU (GPU training is not supported yet with --distributed; "
+            "--device cuda trains on one GPU): use --dist-backend gloo")
     local_rank = int(os.environ["LOCAL_RANK"])
     if backend == "nccl":
         torch.cuda.set_device(local_rank)
