@@ -117,7 +117,7 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
         help="torch CPU threads (default: torch's choice; 1 is often fastest for small models "
              "on a busy machine)")
     add("--device", default=s,
-        help="where to train: cpu (default), cuda, cuda:N or mps; the data stays in CPU memory "
+        help="where to train: cpu (default), cuda or cuda:N; the data stays in CPU memory "
              "and each batch is moved (single process; --distributed runs on the CPU)")
     add("--no-progress", dest="progress", action="store_false", default=s,
         help="no progress bar or per-epoch lines")

@@ -326,9 +326,9 @@ class Checkpoint:
                 raise CheckpointError(f"this checkpoint holds no state for generator '{name}'")
             generator.set_state(self.tensors[key])
         if torch.cuda.is_available() and "cuda" in rng:
-            torch.cuda.set_rng_state_all(
-                [self.tensors[f"rng/cuda/{i}"] for i in range(rng["cuda"])]
-            )
+            # A machine with fewer GPUs than the one that saved restores the ones it has.
+            count = min(rng["cuda"], torch.cuda.device_count())
+            torch.cuda.set_rng_state_all([self.tensors[f"rng/cuda/{i}"] for i in range(count)])
 
 
 def _read_manifest(directory: Path) -> dict[str, Any]:

@@ -62,7 +62,7 @@ def expand_unit_indices(units: torch.Tensor, block: int) -> torch.Tensor:
     """Unit indices -> feature indices when each unit owns ``block`` consecutive features."""
     if block == 1:
         return units
-    return (units[:, None] * block + torch.arange(block)).reshape(-1)
+    return (units[:, None] * block + torch.arange(block, device=units.device)).reshape(-1)
 
 
 def _rebuild_group(
@@ -85,7 +85,8 @@ def _rebuild_group(
 
 
 def _check_units(group: UnitGroup, units: Sequence[int] | torch.Tensor, what: str) -> torch.Tensor:
-    index = torch.as_tensor(units, dtype=torch.long).reshape(-1)
+    # Unit indices are bookkeeping, kept on the CPU; each tensor gets them on its own device.
+    index = torch.as_tensor(units, dtype=torch.long).reshape(-1).cpu()
     width = group.width
     if index.numel() and (index.min() < 0 or index.max() >= width):
         bad = index[(index < 0) | (index >= width)].tolist()

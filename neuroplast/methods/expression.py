@@ -251,7 +251,7 @@ def remove_units(
     is exactly what it was: removal only loses the units' variation around their mean.
     """
     group = dense_group(model, layer)
-    remove = torch.as_tensor(remove, dtype=torch.long).reshape(-1)
+    remove = torch.as_tensor(remove, dtype=torch.long).reshape(-1).cpu()
     if remove.numel() == 0:
         return group
     if mean_activation is not None:

@@ -367,10 +367,12 @@ class MetaNet(Method):
             trainer.log_event("metanet: the last growth did not pay off; proliferation ends")
 
     def _growth_fires(self) -> bool:
-        if self.proliferation == "none" or self._growth_exhausted:
+        if self.proliferation == "none":
             return False
         if self.trigger == "schedule":
             return self._growth_events < self.schedule_cycles
+        if self._growth_exhausted:
+            return False
         # Plateau: needs a previous cycle to compare with.
         val, train = self._val_improvement, self._train_improvement
         if math.isnan(val) or math.isnan(train) or self._growth_reference is not None:

@@ -255,6 +255,7 @@ def export_run(run_dir: str | Path, fmt: str, output: str | Path | None = None) 
     config = read_config(run_dir)
     config.out = str(run_dir)
     config.train.progress = False
+    config.train.device = "cpu"  # an exported file loads anywhere, GPU-trained or not
     data, trainer = _build(config)
     trainer.restore(Path(run_dir) / "checkpoint")
     live = trainer.method.live_model(trainer.model)
