@@ -161,6 +161,78 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def summary(rows: list[dict[str, Any]]) -> str:
+    """Mean over seeds per experiment, and the issue's three goals checked per data set.
+
+    Goals: the final widths from 8 and from 1024 within 25 % of each other (per proliferation
+    method); test accuracy within 0.3 points of the best fixed width of the sweep; fewer
+    neuron-epochs than the cheapest fixed width whose mean accuracy is at least as high.
+    """
+    import statistics
+
+    def mean(values: list[float]) -> float:
+        return statistics.fmean(values)
+
+    def spread(values: list[float]) -> float:
+        return statistics.stdev(values) if len(values) > 1 else 0.0
+
+    lines = []
+    for dataset in sorted({row["dataset"] for row in rows}):
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for row in sorted((r for r in rows if r["dataset"] == dataset), key=lambda r: r["seed"]):
+            groups.setdefault(row["experiment"], []).append(row)
+        stats = {
+            name: {"acc": mean([100 * r["test_accuracy"] for r in group]),
+                   "acc_sd": spread([100 * r["test_accuracy"] for r in group]),
+                   "width": mean([r["final_width"] for r in group]),
+                   "widths": [r["final_width"] for r in group],
+                   "ne": mean([r["neuron_epochs"] for r in group]),
+                   "params": mean([r["params"] for r in group]), "seeds": len(group)}
+            for name, group in groups.items()}
+        fixed = {name: s for name, s in stats.items() if name.startswith("fixed-")}
+        best_fixed = max(fixed.values(), key=lambda s: s["acc"]) if fixed else None
+        lines += [f"#### {dataset}", "",
+                  "| experiment | seeds | test acc % (mean ± sd) | final widths | params | "
+                  "neuron-epochs | within 0.3 of best fixed | cheapest fixed at that acc "
+                  "(neuron-epochs) |",
+                  "|---|---|---|---|---|---|---|---|"]
+        def order(name: str) -> tuple:  # fixed widths by size, after the resizing runs
+            return (1, int(name[6:]), "") if name.startswith("fixed-") else (0, 0, name)
+
+        for name, s in sorted(stats.items(), key=lambda item: order(item[0])):
+            if name.startswith("fixed-"):
+                goal = cheaper = ""
+            else:
+                goal = ("yes" if best_fixed and s["acc"] >= best_fixed["acc"] - 0.3
+                        else f"no ({best_fixed['acc'] - s['acc']:.2f} below)" if best_fixed
+                        else "")
+                reaching = [f for f in fixed.values() if f["acc"] >= s["acc"]]
+                cheapest = min(reaching, key=lambda f: f["ne"]) if reaching else None
+                if cheapest is None:
+                    cheaper = "none reaches it"
+                else:
+                    verdict = "fewer" if s["ne"] < cheapest["ne"] else "MORE"
+                    cheaper = f"{cheapest['ne']:,.0f}: {verdict}"
+            lines.append(
+                f"| {name} | {s['seeds']} | {s['acc']:.2f} ± {s['acc_sd']:.2f} | "
+                f"{' / '.join(str(w) for w in s['widths'])} | {s['params']:,.0f} | "
+                f"{s['ne']:,.0f} | {goal} | {cheaper} |")
+        pairs = []
+        for method in PROLIFERATIONS:
+            small, large = (stats.get(f"metanet-{method}-from{start}") for start in (8, 1024))
+            if small and large:
+                ratio = min(small["width"], large["width"]) / max(small["width"], large["width"])
+                pairs.append(f"{method}: {small['width']:.0f} vs {large['width']:.0f} "
+                             f"({'within' if ratio >= 0.75 else 'NOT within'} 25 %)")
+        if best_fixed:
+            best = next(name for name, s in fixed.items() if s is best_fixed)
+            lines += ["", f"Best fixed width: {best} at {best_fixed['acc']:.2f} %."]
+        if pairs:
+            lines += [f"Mean final width from 8 vs from 1024: {'; '.join(pairs)}."]
+        lines.append("")
+    return "\n".join(lines)
+
+
 def plot_widths(rows: list[dict[str, Any]], path: Path) -> Path | None:
     """Width over epochs of the resizing runs, proliferation (^) and autophagy (v) marked."""
     try:
@@ -251,7 +323,10 @@ def main(argv: list[str] | None = None) -> int:
                "python": sys.version.split()[0], "rows": rows}
     (out_dir / f"metanet-{grid_name}.json").write_text(json.dumps(summary, indent=1))
     plot_widths(rows, out_dir / f"metanet-{grid_name}-widths.png")
+    text = summary(rows)
+    (out_dir / f"metanet-{grid_name}-summary.md").write_text(text)
     print(table(rows))
+    print(text)
     return 0
 
 
