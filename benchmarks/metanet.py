@@ -161,7 +161,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def summary(rows: list[dict[str, Any]]) -> str:
+def summarise(rows: list[dict[str, Any]]) -> str:
     """Mean over seeds per experiment, and the issue's three goals checked per data set.
 
     Goals: the final widths from 8 and from 1024 within 25 % of each other (per proliferation
@@ -323,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
                "python": sys.version.split()[0], "rows": rows}
     (out_dir / f"metanet-{grid_name}.json").write_text(json.dumps(summary, indent=1))
     plot_widths(rows, out_dir / f"metanet-{grid_name}-widths.png")
-    text = summary(rows)
+    text = summarise(rows)
     (out_dir / f"metanet-{grid_name}-summary.md").write_text(text)
     print(table(rows))
     print(text)
