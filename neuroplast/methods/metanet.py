@@ -109,7 +109,7 @@ class MetaNet(Method):
     gradient_samples: int = option(
         1024, "gradient birth: training samples the gradient direction is estimated on")
     autophagy_threshold: float = option(
-        0.5, "a neuron is under-expressed below this fraction of its layer's mean expression")
+        0.3, "a neuron is under-expressed below this fraction of its layer's mean expression")
     dead_fraction: float = option(
         0.99, "...or when its activation is zero on at least this fraction of samples")
     autophagy_patience: int = option(
