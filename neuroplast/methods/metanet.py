@@ -386,7 +386,7 @@ class MetaNet(Method):
         A layer still shedding under-expressed neurons has neurons to spare, so it does not
         grow. Without this brake a network learning its way down a long loss slope (a run of
         significant improvements, each under the plateau threshold) doubled again and again
-        while autophagy trimmed it: Moons from 8 ended at 547 neurons, 33 with the brake.
+        while autophagy trimmed it (Moons from 8, seed 0: growth every few cycles to 149).
         """
         shrunk_at = self._shrunk_at.get(layer)
         return shrunk_at is not None and self._cycle - shrunk_at < self.stable_cycles
