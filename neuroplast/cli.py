@@ -32,6 +32,9 @@ from .train.run import RunConfig, RunDirectoryError
 DEFAULT_JOB = {"method": "metanet", "model": "mlp", "dataset": "digits", "widths": [8],
                "epochs": 30, "lr": 0.01, "scheduler": "cosine", "out": "runs/default"}
 
+# Options that say how to run a job, not which job: with only these, the default job runs.
+HOW_TO_RUN_OPTIONS = {"progress", "overwrite", "out", "threads", "device", "tensorboard", "seed"}
+
 TRAIN_OPTIONS = {f.name for f in fields(TrainConfig)}
 
 
@@ -165,7 +168,7 @@ def config_from_options(options: dict[str, Any], command: str | None = None) -> 
     merged: dict[str, Any] = {}
     if "config" in options:
         merged.update(read_recipe(options.pop("config")))
-    if not merged and not any(k for k in options if k not in ("progress", "overwrite")):
+    if not merged and not set(options) - HOW_TO_RUN_OPTIONS:
         merged.update(DEFAULT_JOB)
     merged.update(options)
     method = merged.pop("method", "fixed")

@@ -84,6 +84,13 @@ def test_method_option_of_another_method_is_refused():
 def test_no_arguments_means_the_default_job():
     config = cli.config_from_options({})
     assert (config.method, config.dataset) == (cli.DEFAULT_JOB["method"], "digits")
+    # Where and how it runs does not change which job it is...
+    config = cli.config_from_options({"out": "elsewhere", "seed": 3, "threads": 1})
+    assert (config.method, config.dataset, config.out) == ("metanet", "digits", "elsewhere")
+    assert config.train.seed == 3
+    # ...but choosing any part of the job does: the rest takes the ordinary defaults.
+    config = cli.config_from_options({"dataset": "moons"})
+    assert (config.method, config.dataset) == ("fixed", "moons")
 
 
 @pytest.mark.skipif(not MNIST.is_dir(), reason="needs ../shared/data/mnist")
