@@ -135,6 +135,7 @@ def run_experiment(experiment: Experiment, data_dir: str, runs_dir: str, threads
         "wall_seconds": round(wall, 2),
         "stopped_early": summary["stopped_early"],
         "widths": widths,
+        "val_losses": [record.get("val_loss") for record in rows],
         "events": [record["events"] for record in rows],
         "command": shlex.join(args),
         "threads": threads,
@@ -233,6 +234,46 @@ def summarise(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def val_loss_table(rows: list[dict[str, Any]], runs_dir: str) -> str:
+    """What a run can see: each fixed width's best and final validation loss beside its final
+    test accuracy (mean over seeds), from the rows' ``val_losses`` or their run directories.
+
+    It shows whether the validation loss, the signal MetaNet's growth rules read, still rewards
+    a width that the final test accuracy rewards.
+    """
+    import statistics
+
+    lines = []
+    for dataset in sorted({row["dataset"] for row in rows}):
+        fixed: dict[int, list[tuple[float, int, float, float]]] = {}
+        for row in rows:
+            if row["dataset"] != dataset or not row["experiment"].startswith("fixed-"):
+                continue
+            losses = row.get("val_losses")
+            metrics = Path(runs_dir) / row["key"] / "metrics.jsonl"
+            if not losses and metrics.exists():
+                losses = [json.loads(line).get("val_loss")
+                          for line in metrics.read_text().splitlines()]
+            if not losses or None in losses:
+                continue
+            best = min(range(len(losses)), key=losses.__getitem__)
+            fixed.setdefault(row["start_width"], []).append(
+                (losses[best], best + 1, losses[-1], 100 * row["test_accuracy"]))
+        if not fixed:
+            continue
+        lines += [f"#### {dataset}: validation loss of the fixed widths (mean over seeds)", "",
+                  "| width | seeds | best val loss | at epoch | final val loss | "
+                  "final test acc % |",
+                  "|---|---|---|---|---|---|"]
+        for width in sorted(fixed):
+            columns = list(zip(*fixed[width], strict=True))
+            best, epoch, final, accuracy = (statistics.fmean(c) for c in columns)
+            lines.append(f"| {width} | {len(fixed[width])} | {best:.4f} | {epoch:.0f} | "
+                         f"{final:.4f} | {accuracy:.2f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def plot_widths(rows: list[dict[str, Any]], path: Path) -> Path | None:
     """Width over epochs of the resizing runs, proliferation (^) and autophagy (v) marked."""
     try:
@@ -277,13 +318,18 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seeds", default=None, help="comma-separated (default 0; full 0,1,2)")
     parser.add_argument("--epochs", type=int, default=20, help="epoch budget per run")
     parser.add_argument("--only", default=None,
-                        help="run only experiments whose name contains this text")
+                        help="run only experiments whose name contains one of these "
+                             "comma-separated texts (e.g. fixed-512,metanet-division)")
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (1 thread each)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--out-dir", default=str(RESULTS), help="where the JSON rows go")
     parser.add_argument("--runs-dir", default="/tmp/neuroplast-bench-metanet",
                         help="run directories (checkpoints, reports)")
     parser.add_argument("--table", action="store_true", help="only print the existing rows")
+    parser.add_argument("--val-loss", action="store_true",
+                        help="also write metanet-<grid>-val-loss.md: each fixed width's best "
+                             "and final validation loss (needs the run directories of rows "
+                             "written before val_losses were recorded)")
     for dataset, path in DATA_DIRS.items():
         parser.add_argument(f"--{dataset}-dir", default=path, help=f"{dataset} data")
     return parser.parse_args(argv)
@@ -294,8 +340,12 @@ def main(argv: list[str] | None = None) -> int:
     default_sets = "mnist,fashion-mnist,cifar10" if args.full else "mnist"
     datasets = (args.datasets or default_sets).split(",")
     seeds = [int(s) for s in (args.seeds or ("0,1,2" if args.full else "0")).split(",")]
-    experiments = [e for e in grid(args.full, datasets, seeds, args.epochs)
-                   if args.only is None or args.only in e.name]
+    only = None if args.only is None else [text for text in args.only.split(",") if text]
+
+    def chosen(experiment: Experiment) -> bool:
+        return only is None or any(text in experiment.name for text in only)
+
+    experiments = [e for e in grid(args.full, datasets, seeds, args.epochs) if chosen(e)]
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     todo = [e for e in experiments if not (out_dir / f"{e.key}.json").exists()]
@@ -316,15 +366,22 @@ def main(argv: list[str] | None = None) -> int:
                       flush=True)
     # The summary covers every data set of the grid done so far, whichever ran this time.
     done = [e for e in grid(args.full, list(DATA_DIRS), seeds, args.epochs)
-            if (args.only is None or args.only in e.name) and (out_dir / f"{e.key}.json").exists()]
+            if chosen(e) and (out_dir / f"{e.key}.json").exists()]
     rows = [json.loads((out_dir / f"{e.key}.json").read_text()) for e in done]
+    # Another epoch budget is another grid: its own summary beside the 20-epoch one.
     grid_name = "full" if args.full else "quick"
+    if args.epochs != 20:
+        grid_name += f"-e{args.epochs}"
     summary = {"grid": grid_name, "epochs": args.epochs, "batch_size": BATCH_SIZE,
                "python": sys.version.split()[0], "rows": rows}
     (out_dir / f"metanet-{grid_name}.json").write_text(json.dumps(summary, indent=1))
     plot_widths(rows, out_dir / f"metanet-{grid_name}-widths.png")
     text = summarise(rows)
     (out_dir / f"metanet-{grid_name}-summary.md").write_text(text)
+    if args.val_loss:
+        losses = val_loss_table(rows, args.runs_dir)
+        (out_dir / f"metanet-{grid_name}-val-loss.md").write_text(losses)
+        text += "\n" + losses
     print(table(rows))
     print(text)
     return 0

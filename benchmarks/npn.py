@@ -24,6 +24,7 @@ threads mostly spin) is applied to every run through ``OMP_NUM_THREADS`` and rec
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -120,10 +121,19 @@ def run_job(name: str, arguments: list[str], threads: int) -> dict[str, Any]:
 
 
 def time_steps(threads: int, repetitions: int = 40) -> list[dict[str, Any]]:
-    """Median seconds of one ARM training step against one plain step, interleaved."""
+    """Median seconds of one ARM training step against one plain step, interleaved.
+
+    ``npn_full_antithetic`` is the same ARM step with the antithetic pass recomputing the whole
+    first gated layer (``arm_loss(antithetic_delta=False)``), to show what the delta saves.
+    """
+    import functools
+    from unittest import mock
+
     import torch
 
+    import neuroplast.methods.npn as npn_module
     from neuroplast.data import load_dataset
+    from neuroplast.gates.npn import arm_loss
     from neuroplast.methods import FixedWidth
     from neuroplast.methods.npn import NPN
     from neuroplast.models import build_model
@@ -132,33 +142,44 @@ def time_steps(threads: int, repetitions: int = 40) -> list[dict[str, Any]]:
     torch.set_num_threads(threads)
     data = load_dataset("mnist", MNIST)
     x, y = data.x_train[:128], data.y_train[:128]
+    full_pass = functools.partial(arm_loss, antithetic_delta=False)
+    variants = {"plain": FixedWidth, "npn": lambda: NPN(k_schedule="1:7"),
+                "npn_full_antithetic": lambda: NPN(k_schedule="1:7")}
     results = []
     for model_name in ("lenet300", "lenet5"):
         trainers = {}
-        for label, method in (("plain", FixedWidth()), ("npn", NPN(k_schedule="1:7"))):
+        for label, make in variants.items():
             torch.manual_seed(0)
             model = build_model(model_name, (1, 28, 28), 10)
+            method = make()
             trainer = Trainer(model, data, method, TrainConfig(epochs=1, progress=False))
             method.on_train_begin(trainer)
             trainers[label] = trainer
-        samples: dict[str, list[float]] = {"plain": [], "npn": []}
+        samples: dict[str, list[float]] = {label: [] for label in variants}
         for repetition in range(repetitions + 5):
-            order = ("plain", "npn") if repetition % 2 else ("npn", "plain")
+            labels = list(variants)
+            order = labels if repetition % 2 else labels[::-1]
             for label in order:
                 trainer = trainers[label]
-                started = time.perf_counter()
-                trainer.optimizer.zero_grad(set_to_none=True)
-                loss, _ = trainer.method.training_loss(trainer, x, y)
-                loss.backward()
-                trainer.method.after_backward(trainer)
-                trainer.optimizer.step()
+                patch = (mock.patch.object(npn_module, "arm_loss", full_pass)
+                         if label == "npn_full_antithetic" else contextlib.nullcontext())
+                with patch:
+                    started = time.perf_counter()
+                    trainer.optimizer.zero_grad(set_to_none=True)
+                    loss, _ = trainer.method.training_loss(trainer, x, y)
+                    loss.backward()
+                    trainer.method.after_backward(trainer)
+                    trainer.optimizer.step()
+                    elapsed = time.perf_counter() - started
                 if repetition >= 5:  # warm-up
-                    samples[label].append(time.perf_counter() - started)
-        plain, npn = (statistics.median(samples[label]) for label in ("plain", "npn"))
+                    samples[label].append(elapsed)
+        plain, npn, full = (statistics.median(samples[label]) for label in variants)
         results.append({"model": model_name, "batch": 128, "threads": threads,
-                         "plain_step_ms": round(1000 * plain, 2),
-                         "npn_step_ms": round(1000 * npn, 2),
-                         "ratio": round(npn / plain, 2)})
+                        "plain_step_ms": round(1000 * plain, 2),
+                        "npn_step_ms": round(1000 * npn, 2),
+                        "ratio": round(npn / plain, 2),
+                        "npn_full_antithetic_step_ms": round(1000 * full, 2),
+                        "full_antithetic_ratio": round(full / plain, 2)})
     return results
 
 
@@ -212,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     print(_table(runs))
     for row in steps:
         print(f"{row['model']}: plain step {row['plain_step_ms']} ms, NPN (ARM) step "
-              f"{row['npn_step_ms']} ms, ratio {row['ratio']}")
+              f"{row['npn_step_ms']} ms, ratio {row['ratio']} (whole antithetic pass: "
+              f"{row['npn_full_antithetic_step_ms']} ms, {row['full_antithetic_ratio']})")
     print(f"wrote {args.out} ({result['total_seconds']} s)")
     return 0
 

@@ -30,10 +30,11 @@ def _gated(per_example):
     return model.train(), gates
 
 
-def _step(model, gates, x, y, share_prefix):
+def _step(model, gates, x, y, share_prefix, antithetic_delta=False):
     torch.manual_seed(7)
     model.zero_grad(set_to_none=True)
-    loss, logits = arm_loss(model, gates, x, y, share_prefix=share_prefix)
+    loss, logits = arm_loss(model, gates, x, y, share_prefix=share_prefix,
+                            antithetic_delta=antithetic_delta)
     loss.backward()
     return loss.detach(), logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 

@@ -1,0 +1,38 @@
+"""The MetaNet benchmark's bookkeeping: experiment selection and the validation-loss view."""
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.metanet import main  # noqa: E402
+
+
+def _row(name, width, seed, losses, accuracy):
+    return {"key": f"metanet-mnist-{name}-e20-s{seed}", "dataset": "mnist", "experiment": name,
+            "method": "fixed", "options": {}, "seed": seed, "start_width": width,
+            "final_width": width, "test_accuracy": accuracy, "val_accuracy": accuracy,
+            "params": 1, "neuron_epochs": width * len(losses), "epochs": len(losses),
+            "planned_epochs": len(losses), "train_seconds": 1.0, "wall_seconds": 1.0,
+            "stopped_early": False, "widths": [width] * len(losses), "val_losses": losses,
+            "events": [[] for _ in losses], "command": "neuroplast train ..."}
+
+
+def test_only_takes_several_names_and_the_val_loss_view_reads_the_rows(tmp_path):
+    rows = [_row("fixed-8", 8, 0, [0.5, 0.3, 0.4], 0.90),
+            _row("fixed-8", 8, 1, [0.6, 0.2, 0.25], 0.92),
+            _row("fixed-16", 16, 0, [0.4, 0.1, 0.3], 0.95),
+            _row("fixed-32", 32, 0, [0.3, 0.2, 0.1], 0.97)]
+    for row in rows:
+        (tmp_path / f"{row['key']}.json").write_text(json.dumps(row))
+    code = main(["--full", "--table", "--val-loss", "--out-dir", str(tmp_path),
+                 "--runs-dir", str(tmp_path / "runs"), "--only", "fixed-8,fixed-16"])
+    assert code == 0
+    summary = json.loads((tmp_path / "metanet-full.json").read_text())
+    assert sorted(r["key"] for r in summary["rows"]) == sorted(r["key"] for r in rows[:3])
+    table = (tmp_path / "metanet-full-val-loss.md").read_text()
+    # fixed-8: best losses 0.3 (epoch 2) and 0.2 (epoch 2), final 0.4 and 0.25, acc 90 and 92
+    assert "| 8 | 2 | 0.2500 | 2 | 0.3250 | 91.00 |" in table
+    assert "| 16 | 1 | 0.1000 | 2 | 0.3000 | 95.00 |" in table
+    assert "| 32 |" not in table
