@@ -3,6 +3,7 @@
     python -m benchmarks quick              # minutes on 2 CPU cores: Moons and digits, 3 seeds
     python -m benchmarks full               # hours (run it in the background; it resumes)
     python -m benchmarks full --only mnist-lenet300 --seeds 0
+    python -m benchmarks full --methods fixed npn   # rerun rows after deleting their JSON
     python -m benchmarks quick --table      # rebuild the table and plots from the JSON files
 
 Each run is a ``neuroplast train`` command (recorded with its numbers, so a row reproduces by
@@ -135,7 +136,8 @@ def run_one(suite: str, task: Task, label: str, seed: int, threads: int) -> dict
     }
 
 
-def run_suite(suite: str, seeds: list[int], only: str | None, threads: int) -> None:
+def run_suite(suite: str, seeds: list[int], only: str | None, threads: int,
+              methods: list[str] | None = None) -> None:
     folder = RESULTS / suite
     folder.mkdir(parents=True, exist_ok=True)
     for task in _tasks(suite):
@@ -143,6 +145,8 @@ def run_suite(suite: str, seeds: list[int], only: str | None, threads: int) -> N
             continue
         for seed in seeds:
             for label in task.methods:
+                if methods and label not in methods:
+                    continue
                 path = folder / f"{task.name}--{label}--s{seed}.json"
                 if path.exists():
                     continue
@@ -223,11 +227,13 @@ def main() -> None:
     parser.add_argument("suite", choices=("quick", "full"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--only", help="tasks whose name starts with this")
+    parser.add_argument("--methods", nargs="+", help="only these methods (default: all)",
+                        choices=("fixed", "npn", "l0hc", "magnitude", "apoz", "metanet", "net2net"))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--table", action="store_true", help="only rebuild the table and plot")
     args = parser.parse_args()
     if not args.table:
-        run_suite(args.suite, args.seeds, args.only, args.threads)
+        run_suite(args.suite, args.seeds, args.only, args.threads, args.methods)
     print(write_table(args.suite))
 
 

@@ -111,7 +111,13 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add("--lr", type=float, default=s, help="learning rate (default 0.001)")
     add("--momentum", type=float, default=s, help="SGD momentum (default 0.9)")
     add("--weight-decay", type=float, default=s, help="weight decay (default 0)")
-    add("--scheduler", choices=SCHEDULERS, default=s, help="learning-rate schedule")
+    add("--scheduler", choices=SCHEDULERS, default=s,
+        help="learning-rate schedule: none (default), cosine, or step (x gamma at each "
+             "milestone; without milestones every third of the epochs)")
+    add("--lr-milestones", type=_int_list, default=s,
+        help="step scheduler: epochs after which the learning rate is multiplied by gamma, "
+             "e.g. 400 or 60,120")
+    add("--lr-gamma", type=float, default=s, help="step scheduler: the decay factor (0.1)")
     add("--seed", type=int, default=s, help="random seed (default 0)")
     add("--out", default=s, help="run directory (default runs/<dataset>-<model>-<method>-s<seed>)")
     add("--overwrite", action="store_true", default=s, help="replace a run already in --out")

@@ -16,6 +16,7 @@ import json
 import os
 import random
 import tempfile
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -309,6 +310,9 @@ class Checkpoint:
         if saved is None:
             raise CheckpointError("this checkpoint holds no scheduler state")
         scheduler.load_state_dict(_decode(saved["state"], self.tensors))
+        milestones = getattr(scheduler, "milestones", None)
+        if isinstance(milestones, dict) and not isinstance(milestones, Counter):
+            scheduler.milestones = Counter(milestones)  # MultiStepLR counts them (JSON: a dict)
         return scheduler
 
     def restore_rng(self, generators: Mapping[str, torch.Generator] | None = None) -> None:

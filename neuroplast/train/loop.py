@@ -18,7 +18,7 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -62,6 +62,8 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 0.0
     scheduler: str = "none"
+    lr_milestones: list[int] = field(default_factory=list)  # "step": decay at these epochs
+    lr_gamma: float = 0.1  # "step": the factor applied at each decay
     seed: int = 0
     eval_batch_size: int = 1000
     progress: bool = True
@@ -85,6 +87,15 @@ class TrainConfig:
             raise ValueError(f"unknown optimizer '{self.optimizer}'; choose one of {OPTIMIZERS}")
         if self.scheduler not in SCHEDULERS:
             raise ValueError(f"unknown scheduler '{self.scheduler}'; choose one of {SCHEDULERS}")
+        if self.lr_milestones and self.scheduler != "step":
+            raise ValueError(f"lr milestones {self.lr_milestones} need the step scheduler: add "
+                             "--scheduler step (scheduler = \"step\" in a recipe)")
+        if any(m < 1 for m in self.lr_milestones) or self.lr_milestones != sorted(
+                set(self.lr_milestones)):
+            raise ValueError(f"lr milestones must be increasing epoch numbers >= 1, got "
+                             f"{self.lr_milestones}")
+        if not 0 < self.lr_gamma <= 1:
+            raise ValueError(f"lr gamma must be in (0, 1], got {self.lr_gamma}")
         check_device(self.device)
 
 
@@ -122,8 +133,12 @@ def make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer):
     """An epoch-stepped learning-rate schedule, or None."""
     if config.scheduler == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
-    if config.scheduler == "step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, max(1, config.epochs // 3), 0.1)
+    if config.scheduler == "step" and config.lr_milestones:
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, config.lr_milestones,
+                                                    config.lr_gamma)
+    if config.scheduler == "step":  # without milestones: decay every third of the epochs
+        return torch.optim.lr_scheduler.StepLR(optimizer, max(1, config.epochs // 3),
+                                               config.lr_gamma)
     return None
 
 
@@ -400,7 +415,7 @@ class Trainer:
     def _width_text(self) -> str:
         return "-".join(str(w) for w in self.method.live_widths(self.model).values())
 
-    def _epoch_record(self, epoch: int, train: tuple[float, float], seconds: float):
+    def _epoch_record(self, epoch: int, train: tuple[float, float], lr: float):
         if self.distributed is not None:
             # Evaluate and decide with rank 0's BatchNorm statistics, as its checkpoint will.
             self.distributed.broadcast_buffers_(self.model)
@@ -422,8 +437,8 @@ class Trainer:
             "widths": self.method.live_widths(self.model),
             "params": count.params,
             "macs": count.macs,
-            "seconds": seconds,
-            "lr": self.optimizer.param_groups[0]["lr"],
+            "seconds": 0.0,  # fit() times the whole epoch, this record included
+            "lr": lr,
             "events": list(self.events),
             "method": self.method.metrics(self),
         }
@@ -454,9 +469,10 @@ class Trainer:
                     callback.on_epoch_begin(self, epoch)
                 self._agree(f"at the start of epoch {epoch}")
                 train = self._train_epoch(epoch)
+                lr = self.optimizer.param_groups[0]["lr"]  # the rate this epoch trained with
                 if self.scheduler is not None:
                     self.scheduler.step()
-                record = self._epoch_record(epoch, train, 0.0)
+                record = self._epoch_record(epoch, train, lr)
                 seconds = time.perf_counter() - started
                 record["seconds"] = seconds
                 self.train_seconds += seconds
