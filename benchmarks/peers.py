@@ -18,11 +18,17 @@ accuracy), every seed does, in one process:
 3. **neuroplast magnitude**: the same one-shot L2 pruning with ``neuroplast.prune_units`` on
    another copy, then the same fine-tuning (a check that the two mechanisms agree);
 
+4. **NPN + fine-tuning**: NPN's own compact model (its last checkpoint, live units only) gets
+   the same fine-tuning, so that NPN and the peer train for the same number of epochs in all;
+   input features NPN closed (all-zero weight columns) stay closed;
+
 and reports each one's final-epoch test error, widths, parameters and wall time next to NPN's.
 The pruned models' fine-tuning gets the whole budget again, so Torch-Pruning trains twice as
-many epochs as NPN did: the comparison is generous to the peer. Torch-Pruning prunes hidden
-units only (a model's input features are not its to remove), so its models keep all 784 inputs,
-while NPN also closes input features: ``nonzero_weights`` shows the difference.
+many epochs as NPN did: row 4 is NPN with the same budget.  ``--npn-run`` may hold ``{seed}``
+(``runs/bench/full/mnist-lenet300--npn--s{seed}``): each seed then compares with its own NPN run.
+Torch-Pruning prunes hidden units only (a model's input features are not its to remove), so
+its models keep all 784 inputs, while NPN also closes input features: ``nonzero_weights`` shows
+the difference.
 
 **GroMo** (growth at the same width and budget). MetaNet grows a one-hidden-layer MLP on MNIST
 from 8 neurons for ``--epochs`` epochs (``neuroplast train --method metanet``); GroMo's
@@ -58,6 +64,7 @@ from neuroplast.data import load_dataset
 from neuroplast.methods import FixedWidth
 from neuroplast.models import build_model
 from neuroplast.train.loop import TrainConfig, Trainer
+from neuroplast.train.run import load_run_model
 
 SHARED_MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
 DEFAULT_OUT = {"torch-pruning": Path("benchmarks/results/peers-torch-pruning-lenet300.json"),
@@ -113,6 +120,18 @@ def prune_with_neuroplast(model: nn.Module, widths: dict[str, int]) -> nn.Module
     return model
 
 
+def keep_closed_inputs_closed(model: nn.Module) -> None:
+    """Fine-tuning must not reopen what NPN closed: zero the gradient of all-zero columns.
+
+    (With zero gradients Adam's moments stay zero, so the weights stay exactly zero.)
+    """
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            open_columns = (module.weight.detach() != 0).any(dim=0).to(module.weight.dtype)
+            if not bool(open_columns.all()):
+                module.weight.register_hook(lambda grad, mask=open_columns: grad * mask)
+
+
 def _row(label: str, model: nn.Module, last: dict[str, Any], seconds: float) -> dict[str, Any]:
     count = count_model(model, (1, 28, 28))
     nonzero = sum(int(torch.count_nonzero(p)) for n, p in model.named_parameters()
@@ -125,6 +144,7 @@ def _row(label: str, model: nn.Module, last: dict[str, Any], seconds: float) -> 
 
 def compare(npn_run: Path, seed: int, data_dir: Path) -> dict[str, Any]:
     """Dense training, then Torch-Pruning and neuroplast pruning to NPN's widths, one seed."""
+    npn_run = Path(str(npn_run).format(seed=seed))
     summary = json.loads((npn_run / "summary.json").read_text())
     config_values = json.loads((npn_run / "config.json").read_text())["train"]
     config = {k: config_values[k] for k in ("batch_size", "optimizer", "lr", "threads")}
@@ -153,7 +173,13 @@ def compare(npn_run: Path, seed: int, data_dir: Path) -> dict[str, Any]:
                  "nonzero_weights": npn_metrics["method"].get("nonzero_weights"),
                  "macs": summary["macs"], "train_seconds": round(summary["train_seconds"], 1),
                  "command": summary.get("command")})
-    return {"seed": seed, "epochs": epochs, "hidden_widths": hidden, "rows": rows}
+    compact, _ = load_run_model(npn_run)
+    keep_closed_inputs_closed(compact)
+    tuned_last, tuned_seconds = _train(compact, data, epochs, config, seed)
+    rows.append(_row("NPN + fine-tune (same epochs as the peer)", compact, tuned_last,
+                     summary["train_seconds"] + tuned_seconds))
+    return {"seed": seed, "epochs": epochs, "model": model_name, "npn_run": str(npn_run),
+            "hidden_widths": hidden, "rows": rows}
 
 
 # --------------------------------------------------------------------------- GroMo
@@ -279,7 +305,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("peer", choices=("torch-pruning", "gromo"))
     parser.add_argument("--npn-run", type=Path,
-                        help="torch-pruning: an NPN LeNet-300-100 run directory")
+                        help="torch-pruning: an NPN LeNet-300-100 or LeNet-5 run directory "
+                             "('{seed}' in it: one NPN run per seed)")
     parser.add_argument("--epochs", type=int, default=20, help="gromo: the epoch budget")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--threads", type=int, default=1)
@@ -297,7 +324,7 @@ def main() -> None:
             parser.error("torch-pruning needs --npn-run (an NPN LeNet-300-100 run directory)")
         results = [compare(args.npn_run, seed, args.data_dir) for seed in args.seeds]
         title = ("MNIST: NPN against Torch-Pruning + fine-tuning at NPN's hidden widths, "
-                 f"{json.loads((args.npn_run / 'summary.json').read_text())['model']}")
+                 f"{results[0]['model']}")
         command = f"--npn-run {args.npn_run}"
     else:
         results = [compare_growth(seed, args.epochs, args.data_dir, args.threads)

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from ..core.checkpoint import write_atomic
 from ..data import DataSplits, load_dataset
@@ -252,14 +253,25 @@ def export_run(run_dir: str | Path, fmt: str, output: str | Path | None = None) 
     """Export a run's final model (compacted) to TorchScript or ONNX."""
     if fmt not in ("torchscript", "onnx"):
         raise ValueError(f"unknown export format '{fmt}'; choose torchscript or onnx")
+    live, input_shape = load_run_model(run_dir)
+    if fmt == "torchscript":
+        target = Path(output or Path(run_dir) / "model.torchscript.pt")
+        return export_torchscript(live, target, input_shape)
+    return export_onnx(live, Path(output or Path(run_dir) / "model.onnx"), input_shape)
+
+
+def load_run_model(run_dir: str | Path) -> tuple[nn.Module, tuple[int, ...]]:
+    """A run's model as its last checkpoint holds it, on the CPU, and its input shape.
+
+    The model is the one the method evaluates (``live_model``): for gated methods the compact
+    plain network, live units only. Example::
+
+        model, shape = load_run_model("runs/mnist-lenet300-npn-s0")
+    """
     config = read_config(run_dir)
     config.out = str(run_dir)
     config.train.progress = False
-    config.train.device = "cpu"  # an exported file loads anywhere, GPU-trained or not
+    config.train.device = "cpu"  # what it returns loads anywhere, GPU-trained or not
     data, trainer = _build(config)
     trainer.restore(Path(run_dir) / "checkpoint")
-    live = trainer.method.live_model(trainer.model)
-    if fmt == "torchscript":
-        target = Path(output or Path(run_dir) / "model.torchscript.pt")
-        return export_torchscript(live, target, data.input_shape)
-    return export_onnx(live, Path(output or Path(run_dir) / "model.onnx"), data.input_shape)
+    return trainer.method.live_model(trainer.model), data.input_shape
