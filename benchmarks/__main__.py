@@ -11,8 +11,11 @@ pasting it) and leaves ``benchmarks/results/<suite>/<task>--<method>--s<seed>.js
 final epoch's test error, widths, parameters, MACs, wall time and mean epoch time. A run whose
 JSON exists is skipped, so an interrupted suite continues where it stopped. The table
 (``benchmarks/results/<suite>/table.md``) gives per task and method the mean and spread over
-seeds, and the epoch time relative to ``fixed`` (plain training of the starting network) from
-the same suite run; ``frontier.png`` plots test error against parameters per task.
+seeds, the epoch time relative to ``fixed`` (plain training of the starting network) from
+the same suite run, and whether the method's mean is on the task's accuracy/size frontier (no
+other method's mean has as few parameters and a lower error); ``frontier.png`` plots test
+error against parameters per task (every run, and the frontier through the methods' means),
+``size.png`` each method's compact parameter count over the epochs (seed 0).
 
 Peers (Torch-Pruning, GroMo) run from their own packages in ``benchmarks/peers.py``.
 """
@@ -133,6 +136,7 @@ def run_one(suite: str, task: Task, label: str, seed: int, threads: int) -> dict
         "train_seconds": summary["train_seconds"], "wall_seconds": wall,
         "epoch_seconds": statistics.mean(row["seconds"] for row in rows),
         "width_curve": [sum(row["widths"].values()) for row in rows],
+        "params_curve": [row["params"] for row in rows],
     }
 
 
@@ -172,8 +176,14 @@ def write_table(suite: str) -> str:
     for record in records:
         groups.setdefault((record["task"], record["method"]), []).append(record)
     lines = ["| task | method | seeds | test error % | final widths | params | MACs | "
-             "train s | epoch time vs fixed | command (seed 0) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "train s | epoch time vs fixed | on the frontier | command (seed 0) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    on_frontier = set()
+    for task in {task for task, _ in groups}:
+        means = [(statistics.mean(r["params"] for r in rows),
+                  statistics.mean(r["test_error_percent"] for r in rows), method)
+                 for (name, method), rows in groups.items() if name == task]
+        on_frontier |= {(task, point[2]) for point in frontier(means)}
     for (task, method), rows in groups.items():
         fixed = groups.get((task, "fixed"))
         ratio = (statistics.mean(r["epoch_seconds"] for r in rows)
@@ -186,36 +196,84 @@ def write_table(suite: str) -> str:
             f"{statistics.mean(r['params'] for r in rows):,.0f} | "
             f"{statistics.mean(r['macs'] for r in rows):,.0f} | "
             f"{statistics.mean(r['train_seconds'] for r in rows):.1f} | {ratio:.2f}x | "
-            f"`{command}` |")
+            f"{'yes' if (task, method) in on_frontier else 'no'} | `{command}` |")
     table = "\n".join(lines) + "\n"
     (folder / "table.md").write_text(table)
     _plot_frontier(groups, folder / "frontier.png")
+    _plot_size(groups, folder / "size.png")
     return table
 
 
-def _plot_frontier(groups: dict[tuple[str, str], list[dict]], path: Path) -> None:
+def frontier(points: list[tuple[float, float, str]]) -> list[tuple[float, float, str]]:
+    """The (params, error, label) points no other point beats on both, fewest params first.
+
+    A point is on the accuracy/size frontier when every point with no more parameters has a
+    higher error.
+    """
+    best: list[tuple[float, float, str]] = []
+    for point in sorted(points, key=lambda p: (p[0], p[1])):
+        if not best or point[1] < best[-1][1]:
+            best.append(point)
+    return best
+
+
+def _pyplot():
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ModuleNotFoundError:
-        return
+        return None
+    return plt
+
+
+def _plot_frontier(groups: dict[tuple[str, str], list[dict]], path: Path) -> None:
+    plt = _pyplot()
     tasks = sorted({task for task, _ in groups})
-    if not tasks:
+    if plt is None or not tasks:
         return
     figure, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 4), squeeze=False)
     for axis, task in zip(axes[0], tasks, strict=True):
+        means = []
         for (name, method), rows in sorted(groups.items()):
             if name != task:
                 continue
             axis.scatter([r["params"] for r in rows], [r["test_error_percent"] for r in rows],
                          label=method, s=18)
+            means.append((statistics.mean(r["params"] for r in rows),
+                          statistics.mean(r["test_error_percent"] for r in rows), method))
+        line = frontier(means)
+        axis.step([p[0] for p in line], [p[1] for p in line], where="post", color="grey",
+                  linewidth=1, zorder=0, label="frontier (means)")
         axis.set_xscale("log")
         axis.set_xlabel("parameters (compact model)")
         axis.set_ylabel("test error % (final epoch)")
         axis.set_title(task)
         axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def _plot_size(groups: dict[tuple[str, str], list[dict]], path: Path) -> None:
+    plt = _pyplot()
+    tasks = sorted({task for task, _ in groups})
+    if plt is None or not tasks:
+        return
+    figure, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 4), squeeze=False)
+    for axis, task in zip(axes[0], tasks, strict=True):
+        for (name, method), rows in sorted(groups.items()):
+            first = min(rows, key=lambda r: r["seed"])
+            if name == task and "params_curve" in first:
+                curve = first["params_curve"]
+                axis.plot(range(1, len(curve) + 1), curve, label=method)
+        axis.set_yscale("log")
+        axis.set_xlabel("epoch")
+        axis.set_ylabel("parameters (compact model), seed 0")
+        axis.set_title(task)
+        if axis.lines:
+            axis.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)

@@ -44,3 +44,18 @@ def test_growth_methods_start_from_eight_units_per_hidden_layer():
     assert start[-2:] == ["--widths", "8,8"] and "mlp" in start
     mlp = suite.Task("fashion-mlp", ["--model", "mlp", "--widths", "256"])
     assert suite._small_start(mlp) == ["--model", "mlp", "--widths", "8"]
+
+
+def test_the_frontier_holds_exactly_the_points_nothing_beats_on_both():
+    import random
+
+    rng = random.Random(0)
+    for _ in range(50):
+        points = [(rng.randint(1, 20), rng.randint(1, 20), f"m{i}") for i in range(8)]
+        # by the definition, pair by pair: kept unless another point has no more parameters
+        # and no more error while being strictly better on one of the two
+        undominated = {p for p in points if not any(
+            q[0] <= p[0] and q[1] <= p[1] and (q[0], q[1]) != (p[0], p[1]) for q in points)}
+        line = suite.frontier(points)
+        assert {(p[0], p[1]) for p in line} == {(p[0], p[1]) for p in undominated}
+        assert [p[0] for p in line] == sorted(p[0] for p in line)
