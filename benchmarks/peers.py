@@ -322,6 +322,12 @@ def main() -> None:
     if args.peer == "torch-pruning":
         if args.npn_run is None:
             parser.error("torch-pruning needs --npn-run (an NPN LeNet-300-100 run directory)")
+        for seed in args.seeds:
+            run = Path(str(args.npn_run).format(seed=seed))
+            if not (run / "summary.json").is_file():
+                raise SystemExit(f"--npn-run {run} is not a finished NPN run (no summary.json): "
+                                 "train one first, e.g. `python -m benchmarks full --only "
+                                 "mnist-lenet300 --methods npn`")
         results = [compare(args.npn_run, seed, args.data_dir) for seed in args.seeds]
         title = ("MNIST: NPN against Torch-Pruning + fine-tuning at NPN's hidden widths, "
                  f"{results[0]['model']}")
