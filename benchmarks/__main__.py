@@ -13,9 +13,10 @@ JSON exists is skipped, so an interrupted suite continues where it stopped. The 
 (``benchmarks/results/<suite>/table.md``) gives per task and method the mean and spread over
 seeds, the epoch time relative to ``fixed`` (plain training of the starting network) from
 the same suite run, and whether the method's mean is on the task's accuracy/size frontier (no
-other method's mean has as few parameters and a lower error); ``frontier.png`` plots test
-error against parameters per task (every run, and the frontier through the methods' means),
-``size.png`` each method's compact parameter count over the epochs (seed 0).
+other method's mean is as good on both parameters and error and better on one);
+``frontier.png`` plots test error against parameters per task (every run, and the frontier
+through the methods' means), ``size.png`` each method's compact parameter count over the
+epochs (first seed).
 
 Peers (Torch-Pruning, GroMo) run from their own packages in ``benchmarks/peers.py``.
 """
@@ -205,14 +206,14 @@ def write_table(suite: str) -> str:
 
 
 def frontier(points: list[tuple[float, float, str]]) -> list[tuple[float, float, str]]:
-    """The (params, error, label) points no other point beats on both, fewest params first.
+    """The (params, error, label) points on the accuracy/size frontier, fewest params first.
 
-    A point is on the accuracy/size frontier when every point with no more parameters has a
-    higher error.
+    A point is on it when no other point is as good on both (no more parameters and no higher
+    error) and better on one; points that tie exactly are all on it.
     """
     best: list[tuple[float, float, str]] = []
     for point in sorted(points, key=lambda p: (p[0], p[1])):
-        if not best or point[1] < best[-1][1]:
+        if not best or point[1] < best[-1][1] or point[:2] == best[-1][:2]:
             best.append(point)
     return best
 
@@ -270,7 +271,7 @@ def _plot_size(groups: dict[tuple[str, str], list[dict]], path: Path) -> None:
                 axis.plot(range(1, len(curve) + 1), curve, label=method)
         axis.set_yscale("log")
         axis.set_xlabel("epoch")
-        axis.set_ylabel("parameters (compact model), seed 0")
+        axis.set_ylabel("parameters (compact model), first seed")
         axis.set_title(task)
         if axis.lines:
             axis.legend(fontsize=7)

@@ -129,7 +129,8 @@ def keep_closed_inputs_closed(model: nn.Module) -> None:
         if isinstance(module, nn.Linear):
             open_columns = (module.weight.detach() != 0).any(dim=0).to(module.weight.dtype)
             if not bool(open_columns.all()):
-                module.weight.register_hook(lambda grad, mask=open_columns: grad * mask)
+                module.weight.register_hook(
+                    lambda grad, mask=open_columns: grad * mask.to(grad.device))
 
 
 def _row(label: str, model: nn.Module, last: dict[str, Any], seconds: float) -> dict[str, Any]:
@@ -147,7 +148,9 @@ def compare(npn_run: Path, seed: int, data_dir: Path) -> dict[str, Any]:
     npn_run = Path(str(npn_run).format(seed=seed))
     summary = json.loads((npn_run / "summary.json").read_text())
     config_values = json.loads((npn_run / "config.json").read_text())["train"]
-    config = {k: config_values[k] for k in ("batch_size", "optimizer", "lr", "threads")}
+    config = {k: config_values[k] for k in ("batch_size", "optimizer", "lr", "momentum",
+                                            "weight_decay", "scheduler", "lr_milestones",
+                                            "lr_gamma", "threads") if k in config_values}
     epochs = summary["epochs"]
     final = dict(zip(summary["layer_names"], summary["final_widths"], strict=True))
     model_name = summary["model"]

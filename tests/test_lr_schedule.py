@@ -49,6 +49,10 @@ def test_resume_across_a_milestone_equals_an_uninterrupted_run(tmp_path):
         (dict(lr_milestones=[4, 2]), "increasing epoch numbers >= 1"),
         (dict(lr_milestones=[0, 3]), "increasing epoch numbers >= 1"),
         (dict(lr_gamma=0.0), "lr gamma must be in (0, 1]"),
+        (dict(lr_milestones="60,120"), "lr milestones must be a list of epoch numbers"),
+        (dict(lr_milestones=[1.0]), "lr milestones must be a list of epoch numbers"),
+        (dict(lr_gamma="0.1"), "lr_gamma must be a number, got '0.1'"),
+        (dict(epochs=2.5), "epochs must be an integer, got 2.5"),
     ],
 )
 def test_wrong_milestones_are_refused_with_the_fix(options, message):
@@ -66,3 +70,15 @@ def test_command_line_milestones_reach_the_run(tmp_path, capsys):
                      "--no-progress", "--out", str(tmp_path / "bad")])
     err = capsys.readouterr().err
     assert code == 2 and "add --scheduler step" in err and "Traceback" not in err
+
+
+def test_a_recipe_may_give_one_milestone_as_a_number_and_a_wrong_type_is_named(tmp_path, capsys):
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text('dataset = "digits"\nwidths = [8]\nepochs = 3\nlr = 0.01\n'
+                      'scheduler = "step"\nlr_milestones = 2\nprogress = false\n')
+    assert cli.main(["train", "--config", str(recipe), "--out", str(tmp_path / "run")]) == 0
+    assert _epoch_lrs(tmp_path / "run") == pytest.approx([1e-2, 1e-2, 1e-3])
+    recipe.write_text('dataset = "digits"\nepochs = "3"\n')
+    assert cli.main(["train", "--config", str(recipe), "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err
+    assert "epochs must be an integer, got '3'" in err and "Traceback" not in err

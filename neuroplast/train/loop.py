@@ -15,6 +15,7 @@ resize, and the ranks are checked to agree after every point where a policy may 
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import time
 from collections.abc import Sequence
@@ -71,8 +72,35 @@ class TrainConfig:
     threads: int | None = None  # torch CPU threads; None keeps torch's default
     device: str = "cpu"  # where the model trains: cpu, cuda, cuda:N
 
+    def __post_init__(self) -> None:
+        if isinstance(self.lr_milestones, int) and not isinstance(self.lr_milestones, bool):
+            self.lr_milestones = [self.lr_milestones]  # `lr_milestones = 400` in a recipe
+
+    def _check_types(self) -> None:
+        """A recipe can hold any TOML value: name the option whose value has the wrong type."""
+        def integer(value: Any) -> bool:
+            return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+        def number(value: Any) -> bool:
+            return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+        checks = {"an integer": (integer, ("epochs", "batch_size", "seed", "eval_batch_size")),
+                  "a number": (number, ("lr", "momentum", "weight_decay", "lr_gamma")),
+                  "a string": (lambda v: isinstance(v, str), ("optimizer", "scheduler", "device"))}
+        for kind, (check, names) in checks.items():
+            for name in names:
+                if not check(getattr(self, name)):
+                    raise ValueError(f"{name} must be {kind}, got {getattr(self, name)!r}")
+        if self.threads is not None and not integer(self.threads):
+            raise ValueError(f"threads must be an integer, got {self.threads!r}")
+        milestones = self.lr_milestones
+        if not isinstance(milestones, (list, tuple)) or not all(map(integer, milestones)):
+            raise ValueError(f"lr milestones must be a list of epoch numbers, e.g. [400] or "
+                             f"--lr-milestones 60,120; got {milestones!r}")
+
     def validate(self) -> None:
         """Raise ValueError naming the first inconsistent option."""
+        self._check_types()
         if self.epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1 or self.eval_batch_size < 1:
@@ -89,8 +117,9 @@ class TrainConfig:
             raise ValueError(f"unknown scheduler '{self.scheduler}'; choose one of {SCHEDULERS}")
         if self.lr_milestones and self.scheduler != "step":
             raise ValueError(f"lr milestones {self.lr_milestones} need the step scheduler: add "
-                             "--scheduler step (scheduler = \"step\" in a recipe)")
-        if any(m < 1 for m in self.lr_milestones) or self.lr_milestones != sorted(
+                             "--scheduler step (scheduler = \"step\" in a recipe); to train "
+                             "a recipe that has milestones at a constant rate, pass --lr-gamma 1")
+        if any(m < 1 for m in self.lr_milestones) or list(self.lr_milestones) != sorted(
                 set(self.lr_milestones)):
             raise ValueError(f"lr milestones must be increasing epoch numbers >= 1, got "
                              f"{self.lr_milestones}")

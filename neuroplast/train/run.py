@@ -264,7 +264,9 @@ def load_run_model(run_dir: str | Path) -> tuple[nn.Module, tuple[int, ...]]:
     """A run's model as its last checkpoint holds it, on the CPU, and its input shape.
 
     The model is the one the method evaluates (``live_model``): for gated methods the compact
-    plain network, live units only. Example::
+    plain network, live units only, in eval mode (call ``.train()`` to train it on). Rebuilding
+    the run seeds the global random generators with the run's seed and sets torch's thread
+    count as the run did. Example::
 
         model, shape = load_run_model("runs/mnist-lenet300-npn-s0")
     """
