@@ -9,7 +9,10 @@ import torch
 from torch import nn
 
 import neuroplast as npl
+from neuroplast.data import load_dataset
 from neuroplast.models import build_model
+from neuroplast.train.loop import TrainConfig
+from neuroplast.train.run import RunConfig, load_run_model, train_run
 
 
 def _gated_mlp():
@@ -84,3 +87,21 @@ def test_a_gate_that_cannot_be_folded_is_a_clear_error():
     model[2].mask.fill_(0.5)
     with pytest.raises(npl.ExportError, match="cannot fold"):
         npl.compact_model(model)
+
+
+def test_load_run_model_gives_the_compact_model_the_run_evaluated(tmp_path):
+    config = RunConfig(method="npn", model="mlp", dataset="digits", widths=[24],
+                       out=str(tmp_path / "run"),
+                       method_options={"lambdas": [2e-3], "stages": [0.2, 0.6]},
+                       train=TrainConfig(epochs=5, batch_size=32, seed=1, progress=False,
+                                         threads=1, lr=0.01))
+    summary = train_run(config)
+    model, shape = load_run_model(tmp_path / "run")
+    assert npl.export._is_plain(model) and shape == (1, 8, 8)
+    assert list(npl.layer_widths(model).values()) == summary["final_widths"][1:]  # hidden
+    # the test accuracy the run logged for its gated model, recomputed from the compact one
+    data = load_dataset("digits", seed=1)
+    with torch.no_grad():
+        predicted = model(data.x_test).argmax(dim=1)
+    accuracy = (predicted == data.y_test).float().mean().item()
+    assert accuracy == pytest.approx(summary["test_accuracy"], abs=1e-6)  # one example: 3e-3
