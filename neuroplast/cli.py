@@ -105,6 +105,9 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add("--data-dir", default=s, help="directory (or file) holding the data set's files")
     add("--widths", type=_int_list, default=s, help="starting hidden widths, e.g. 300,100")
     add("--val-fraction", type=float, default=s, help="share of training data held out")
+    add("--no-standardise", dest="standardise", action="store_false", default=s,
+        help="keep inputs as scaled (images in [0, 1]) instead of standardising them per "
+             "channel, as NPN's reference MNIST scripts train")
     add("--epochs", type=int, default=s, help="training epochs (default 10)")
     add("--batch-size", type=int, default=s, help="mini-batch size (default 64)")
     add("--optimizer", choices=OPTIMIZERS, default=s, help="optimizer (default adam)")
@@ -198,6 +201,8 @@ def config_from_options(options: dict[str, Any], command: str | None = None) -> 
         raise ValueError(f"unknown option(s) {unknown} (see `neuroplast train --help`)")
     config = RunConfig(method=method, train=TrainConfig(**train),
                        method_options=method_options, command=command, **merged)
+    if not isinstance(config.standardise, bool):
+        raise ValueError(f"standardise must be true or false, got {config.standardise!r}")
     if config.widths is not None:
         if not config.widths or any(w < 1 for w in config.widths):
             raise ValueError(f"--widths must be integers >= 1, got {config.widths}")

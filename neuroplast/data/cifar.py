@@ -184,11 +184,14 @@ def _locate(path: Path) -> tuple[str, Path]:
     )
 
 
-def load_cifar10(data_dir: Path, *, seed: int, val_fraction: float | None) -> DataSplits:
+def load_cifar10(
+    data_dir: Path, *, seed: int, val_fraction: float | None, standardise: bool = True
+) -> DataSplits:
     """Load CIFAR-10 from ``data_dir`` (see the module docstring for the accepted forms)."""
     kind, where = _locate(data_dir)
     if kind == "images":
         raw = load_image_source(where, from_archive=_from_archive)
     else:
         raw = read_batches(_dir_getter(where), str(where), binary=kind == "binary")
-    return finish_images("cifar10", raw, seed=seed, val_fraction=val_fraction, default_val=5000)
+    return finish_images("cifar10", raw, seed=seed, val_fraction=val_fraction, default_val=5000,
+                         standardise=standardise)

@@ -211,7 +211,8 @@ def _missing(name: str, directory: Path, stem: str, download: bool, failure: str
 
 
 def load_idx_dataset(
-    name: str, data_dir: Path | None, *, seed: int, val_fraction: float | None, download: bool
+    name: str, data_dir: Path | None, *, seed: int, val_fraction: float | None, download: bool,
+    standardise: bool = True,
 ) -> DataSplits:
     """Load ``mnist`` or ``fashion-mnist`` from ``data_dir``, downloading missing files if asked.
 
@@ -263,4 +264,5 @@ def load_idx_dataset(
         seed=seed,
         n_val=val_size(n_train, val_fraction, default_count=5000),
         scale=255.0,
+        standardise=standardise,
     )

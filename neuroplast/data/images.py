@@ -253,6 +253,7 @@ def finish_images(
     seed: int,
     val_fraction: float | None,
     default_val: int | None = None,
+    standardise: bool = True,
 ) -> DataSplits:
     """Turn decoded uint8 images into :class:`DataSplits` (test split, val split, scaling)."""
     x_train, y_train, x_test, y_test = raw.x_train, raw.y_train, raw.x_test, raw.y_test
@@ -269,10 +270,13 @@ def finish_images(
         seed=seed,
         n_val=val_size(len(y_train), val_fraction, default_val),
         scale=255.0,
+        standardise=standardise,
     )
 
 
-def load_folder(path: Path, *, seed: int, val_fraction: float | None) -> DataSplits:
+def load_folder(
+    path: Path, *, seed: int, val_fraction: float | None, standardise: bool = True
+) -> DataSplits:
     """Load any image folder (or tar archive of one) as a classification data set."""
     raw = load_image_source(path)
     if len(raw.class_names) < 2:
@@ -280,4 +284,5 @@ def load_folder(path: Path, *, seed: int, val_fraction: float | None) -> DataSpl
             f"{path}: found only the class folder(s) {raw.class_names}; a classification data "
             f"set needs at least two; {LAYOUT_HELP}"
         )
-    return finish_images("folder", raw, seed=seed, val_fraction=val_fraction)
+    return finish_images("folder", raw, seed=seed, val_fraction=val_fraction,
+                         standardise=standardise)

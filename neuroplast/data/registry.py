@@ -57,6 +57,7 @@ def load_dataset(
     val_fraction: float | None = None,
     download: bool = True,
     label_column: str | None = None,
+    standardise: bool = True,
 ) -> DataSplits:
     """Load a data set as train / validation / test tensors.
 
@@ -74,10 +75,12 @@ def load_dataset(
             1000-point pool for moons.
         download: fetch missing MNIST / Fashion-MNIST files (only those data sets download).
         label_column: ``csv`` only: the column holding the labels.
+        standardise: ``False`` keeps the inputs as scaled (images in [0, 1]), as some
+            reference implementations train (NPN's MNIST scripts, for one).
 
-    Images come out float32 ``(N, C, H, W)``, scaled to [0, 1] and standardised per channel
-    with training-split statistics; tabular data is standardised per feature (moons stays
-    raw). Raises :class:`DataError` with the problem and its fix when data is bad or missing.
+    Images come out float32 ``(N, C, H, W)``, scaled to [0, 1] and (by default) standardised
+    per channel with training-split statistics; tabular data is standardised per feature (moons
+    stays raw). Raises :class:`DataError` with the problem and its fix when data is bad or missing.
     """
     key = _canonical(name)
     if val_fraction is not None and not (
@@ -92,19 +95,20 @@ def load_dataset(
 
     if key == "moons":
         return load_moons(seed=seed, val_fraction=val_fraction)
+    split = {"seed": seed, "val_fraction": val_fraction, "standardise": standardise}
     if key == "digits":
-        return load_digits(seed=seed, val_fraction=val_fraction)
+        return load_digits(**split)
     if key in SOURCES:
-        return load_idx_dataset(key, path, seed=seed, val_fraction=val_fraction, download=download)
+        return load_idx_dataset(key, path, download=download, **split)
     if path is None:
         raise DataError(
             f"the {key} data set needs data_dir: the path of {_NEEDS_PATH[key]}, e.g. "
             f"load_dataset({key!r}, 'path/to/data')"
         )
     if key == "cifar10":
-        return load_cifar10(path, seed=seed, val_fraction=val_fraction)
+        return load_cifar10(path, **split)
     if key == "npz":
-        return load_npz(path, seed=seed, val_fraction=val_fraction)
+        return load_npz(path, **split)
     if key == "csv":
-        return load_csv(path, seed=seed, val_fraction=val_fraction, label_column=label_column)
-    return load_folder(path, seed=seed, val_fraction=val_fraction)
+        return load_csv(path, label_column=label_column, **split)
+    return load_folder(path, **split)

@@ -30,7 +30,9 @@ def _to_nchw(x: np.ndarray) -> np.ndarray:
     return x
 
 
-def load_npz(path: Path, *, seed: int, val_fraction: float | None) -> DataSplits:
+def load_npz(
+    path: Path, *, seed: int, val_fraction: float | None, standardise: bool = True
+) -> DataSplits:
     """Load arrays ``x``, ``y`` (and optionally ``x_test``, ``y_test``) from an ``.npz`` file.
 
     ``x`` is ``(N, F)`` tabular data (standardised per feature), or images ``(N, H, W)`` /
@@ -92,6 +94,7 @@ def load_npz(path: Path, *, seed: int, val_fraction: float | None) -> DataSplits
         seed=seed,
         n_val=val_size(len(y), val_fraction),
         scale=scale,
+        standardise=standardise,
     )
 
 
@@ -112,7 +115,8 @@ def _label_column(header: list[str], wanted: str | None, path: Path) -> int:
 
 
 def load_csv(
-    path: Path, *, seed: int, val_fraction: float | None, label_column: str | None = None
+    path: Path, *, seed: int, val_fraction: float | None, label_column: str | None = None,
+    standardise: bool = True,
 ) -> DataSplits:
     """Load a CSV table with a header row: numeric feature columns plus one label column.
 
@@ -173,10 +177,13 @@ def load_csv(
         class_names=class_names,
         seed=seed,
         n_val=val_size(len(y), val_fraction),
+        standardise=standardise,
     )
 
 
-def load_digits(*, seed: int, val_fraction: float | None) -> DataSplits:
+def load_digits(
+    *, seed: int, val_fraction: float | None, standardise: bool = True
+) -> DataSplits:
     """scikit-learn's bundled 8x8 digits (1797 images): 20 % test, then 20 % of the rest val."""
     try:
         from sklearn.datasets import load_digits as sklearn_digits
@@ -199,4 +206,5 @@ def load_digits(*, seed: int, val_fraction: float | None) -> DataSplits:
         seed=seed,
         n_val=val_size(len(y), val_fraction),
         scale=16.0,
+        standardise=standardise,
     )

@@ -51,6 +51,7 @@ class RunConfig:
     data_dir: str | None = None
     widths: list[int] | None = None
     val_fraction: float | None = None
+    standardise: bool = True  # False: inputs as scaled (images in [0, 1]), not standardised
     out: str | None = None
     overwrite: bool = False
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -115,7 +116,7 @@ def _build(
         torch.set_num_threads(config.train.threads)
     seed_everything(config.train.seed)
     data = load_dataset(config.dataset, config.data_dir, seed=config.train.seed,
-                        val_fraction=config.val_fraction)
+                        val_fraction=config.val_fraction, standardise=config.standardise)
     options = {"widths": list(config.widths)} if config.widths is not None else {}
     model = build_model(config.model, data.input_shape, data.num_classes, **options)
     method = build_method(config.method, config.method_options)
