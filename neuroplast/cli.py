@@ -221,6 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("--no-progress", dest="progress", action="store_false", default=None)
     resume.add_argument("--device", default=None,
                         help="continue on this device (default: the one the run trained on)")
+    resume.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads from here on (default: the run's own setting)")
     _add_distributed_arguments(resume)
     report = commands.add_parser("report", help="(re)write a run's report.md and plots")
     report.add_argument("run_dir")
@@ -298,7 +300,7 @@ def _run_command(args: argparse.Namespace, argv: list[str], distributed):
         config = config_from_options(options, "neuroplast " + shlex.join(argv))
         return run.train_run(config, distributed=distributed), config.run_dir()
     summary = run.resume_run(args.run_dir, progress=args.progress, distributed=distributed,
-                             device=args.device)
+                             device=args.device, threads=args.threads)
     return summary, Path(args.run_dir)
 
 

@@ -127,3 +127,15 @@ def test_evaluation_reports_the_standard_error_of_the_mean_loss():
         (losses.std() / len(losses) ** 0.5).item(), rel=1e-6)
     assert result.accuracy == pytest.approx(
         (model(data.x_val).argmax(1) == data.y_val).double().mean().item())
+
+
+def test_resume_may_change_the_thread_count_and_refuses_a_bad_one(tmp_path, capsys):
+    from neuroplast import cli
+
+    train_run(_config(tmp_path / "cut"), callbacks=[InterruptAt(epoch=2, batch=3)])
+    assert cli.main(["resume", str(tmp_path / "cut"), "--threads", "0"]) == 2
+    assert "threads must be >= 1" in capsys.readouterr().err
+    assert cli.main(["resume", str(tmp_path / "cut"), "--threads", "2", "--no-progress"]) == 0
+    assert json.loads((tmp_path / "cut" / "summary.json").read_text())["epochs"] == 4
+    # the run's own record keeps the setting it was started with
+    assert json.loads((tmp_path / "cut" / "config.json").read_text())["train"]["threads"] == 1

@@ -170,12 +170,14 @@ def resume_run(
     callbacks: Sequence[Callback] = (),
     distributed: DistributedContext | None = None,
     device: str | None = None,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Continue an interrupted run from its checkpoint to the planned number of epochs.
 
     The run may have been trained in one process or data-parallel; it continues with any
-    number of ranks (``distributed``), since every rank's state is the same, and on any
-    ``device`` (default: the one it trained on; checkpoints hold CPU tensors).
+    number of ranks (``distributed``), since every rank's state is the same, on any
+    ``device`` (default: the one it trained on; checkpoints hold CPU tensors) and with any
+    number of CPU ``threads`` (default: the run's own setting).
     """
     config = read_config(run_dir)
     config.out = str(run_dir)
@@ -183,6 +185,8 @@ def resume_run(
         config.train.progress = progress
     if device is not None:
         config.train.device = device
+    if threads is not None:  # how fast, not what: the run's config.json keeps its own setting
+        config.train.threads = threads
     _, trainer = _build(config, callbacks, distributed)
     trainer.restore(Path(run_dir) / "checkpoint")
     if trainer.epoch >= config.train.epochs and not trainer.mid_epoch:
