@@ -200,8 +200,8 @@ def write_table(suite: str) -> str:
             f"{'yes' if (task, method) in on_frontier else 'no'} | `{command}` |")
     table = "\n".join(lines) + "\n"
     (folder / "table.md").write_text(table)
-    _plot_frontier(groups, folder / "frontier.png")
-    _plot_size(groups, folder / "size.png")
+    _plot_per_task(groups, folder / "frontier.png", _draw_frontier)
+    _plot_per_task(groups, folder / "size.png", _draw_size)
     return table
 
 
@@ -218,66 +218,55 @@ def frontier(points: list[tuple[float, float, str]]) -> list[tuple[float, float,
     return best
 
 
-def _pyplot():
+def _plot_per_task(groups: dict[tuple[str, str], list[dict]], path: Path, draw) -> None:
+    """One panel per task, ``draw(axis, {method: rows})`` filling each; nothing without
+    matplotlib."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ModuleNotFoundError:
-        return None
-    return plt
-
-
-def _plot_frontier(groups: dict[tuple[str, str], list[dict]], path: Path) -> None:
-    plt = _pyplot()
+        return
     tasks = sorted({task for task, _ in groups})
-    if plt is None or not tasks:
+    if not tasks:
         return
     figure, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 4), squeeze=False)
     for axis, task in zip(axes[0], tasks, strict=True):
-        means = []
-        for (name, method), rows in sorted(groups.items()):
-            if name != task:
-                continue
-            axis.scatter([r["params"] for r in rows], [r["test_error_percent"] for r in rows],
-                         label=method, s=18)
-            means.append((statistics.mean(r["params"] for r in rows),
-                          statistics.mean(r["test_error_percent"] for r in rows), method))
-        line = frontier(means)
-        axis.step([p[0] for p in line], [p[1] for p in line], where="post", color="grey",
-                  linewidth=1, zorder=0, label="frontier (means)")
-        axis.set_xscale("log")
-        axis.set_xlabel("parameters (compact model)")
-        axis.set_ylabel("test error % (final epoch)")
+        draw(axis, {method: rows for (name, method), rows in sorted(groups.items())
+                    if name == task})
         axis.set_title(task)
-        axis.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-
-
-def _plot_size(groups: dict[tuple[str, str], list[dict]], path: Path) -> None:
-    plt = _pyplot()
-    tasks = sorted({task for task, _ in groups})
-    if plt is None or not tasks:
-        return
-    figure, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 4), squeeze=False)
-    for axis, task in zip(axes[0], tasks, strict=True):
-        for (name, method), rows in sorted(groups.items()):
-            first = min(rows, key=lambda r: r["seed"])
-            if name == task and "params_curve" in first:
-                curve = first["params_curve"]
-                axis.plot(range(1, len(curve) + 1), curve, label=method)
-        axis.set_yscale("log")
-        axis.set_xlabel("epoch")
-        axis.set_ylabel("parameters (compact model), first seed")
-        axis.set_title(task)
-        if axis.lines:
+        if axis.lines or axis.collections:
             axis.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+def _draw_frontier(axis, methods: dict[str, list[dict]]) -> None:
+    means = []
+    for method, rows in methods.items():
+        axis.scatter([r["params"] for r in rows], [r["test_error_percent"] for r in rows],
+                     label=method, s=18)
+        means.append((statistics.mean(r["params"] for r in rows),
+                      statistics.mean(r["test_error_percent"] for r in rows), method))
+    line = frontier(means)
+    axis.step([p[0] for p in line], [p[1] for p in line], where="post", color="grey",
+              linewidth=1, zorder=0, label="frontier (means)")
+    axis.set_xscale("log")
+    axis.set_xlabel("parameters (compact model)")
+    axis.set_ylabel("test error % (final epoch)")
+
+
+def _draw_size(axis, methods: dict[str, list[dict]]) -> None:
+    for method, rows in methods.items():
+        first = min(rows, key=lambda r: r["seed"])
+        if "params_curve" in first:
+            curve = first["params_curve"]
+            axis.plot(range(1, len(curve) + 1), curve, label=method)
+    axis.set_yscale("log")
+    axis.set_xlabel("epoch")
+    axis.set_ylabel("parameters (compact model), first seed")
 
 
 def main() -> None:
