@@ -104,7 +104,9 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add("--dataset", default=s, help=f"data set: {', '.join(DATASETS)} (default digits)")
     add("--data-dir", default=s, help="directory (or file) holding the data set's files")
     add("--widths", type=_int_list, default=s, help="starting hidden widths, e.g. 300,100")
-    add("--val-fraction", type=float, default=s, help="share of training data held out")
+    add("--val-fraction", type=float, default=s,
+        help="share of the training data held out for validation, in (0, 1) (default: 5000 "
+             "examples for MNIST, Fashion-MNIST and CIFAR-10, 20 %% otherwise)")
     add("--no-standardise", dest="standardise", action="store_false", default=s,
         help="keep inputs as scaled (images in [0, 1]) instead of standardising them per "
              "channel, as NPN's reference MNIST scripts train")
@@ -120,7 +122,7 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add("--lr-milestones", type=_int_list, default=s,
         help="step scheduler: epochs after which the learning rate is multiplied by gamma, "
              "e.g. 400 or 60,120")
-    add("--lr-gamma", type=float, default=s, help="step scheduler: the decay factor (0.1)")
+    add("--lr-gamma", type=float, default=s, help="step scheduler: the decay factor (default 0.1)")
     add("--seed", type=int, default=s, help="random seed (default 0)")
     add("--out", default=s, help="run directory (default runs/<dataset>-<model>-<method>-s<seed>)")
     add("--overwrite", action="store_true", default=s, help="replace a run already in --out")
@@ -138,13 +140,22 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
         for option in method_fields(method):
             converter = _option_type(option.type)
             default = option.default if option.default is not MISSING else None
-            helptext = option.metadata.get("help", "") + f" (default {default})"
+            helptext = option.metadata.get("help", "") + _default_text(default)
             flag, dest = _method_flag(method, option.name), f"{method}.{option.name}"
             if converter is None:
                 group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction,
                                    default=s, help=helptext)
             else:
                 group.add_argument(flag, dest=dest, type=converter, default=s, help=helptext)
+
+
+def _default_text(default: Any) -> str:
+    """A method option's default as it would be typed: ``0.2,0.7``, not ``(0.2, 0.7)``."""
+    if default is None or default == "":
+        return " (default: not set)"
+    if isinstance(default, tuple | list):
+        default = ",".join(map(str, default))
+    return f" (default {default})".replace("%", "%%")
 
 
 def read_recipe(path: str | Path) -> dict[str, Any]:
@@ -197,6 +208,11 @@ def config_from_options(options: dict[str, Any], command: str | None = None) -> 
     train = {key: merged.pop(key) for key in list(merged) if key in TRAIN_OPTIONS}
     run_names = {f.name for f in fields(RunConfig)} - {"train", "method_options", "command"}
     unknown = sorted(set(merged) - run_names)
+    for key in unknown:
+        owner = next((m for m in METHODS if key.startswith(f"{m}_")), None)
+        if owner is not None:
+            raise ValueError(f"{key} is an option of method {owner}, but this run uses method "
+                             f"{method} (set method = \"{owner}\" or --method {owner})")
     if unknown:
         raise ValueError(f"unknown option(s) {unknown} (see `neuroplast train --help`)")
     config = RunConfig(method=method, train=TrainConfig(**train),
@@ -213,7 +229,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="neuroplast", description="Train neural networks that decide their own size.")
     commands = parser.add_subparsers(dest="command", required=True)
-    train = commands.add_parser("train", help="train a run (no options: the default job)")
+    train = commands.add_parser(
+        "train", help="train a run (no options: the default job)",
+        description="With no options, or only --seed, --out, --threads, --device, --overwrite, "
+                    "--no-progress or --tensorboard, this runs the default job: MetaNet grows "
+                    "an MLP from 8 neurons on the bundled digits (30 epochs, lr 0.01, cosine). "
+                    "Any other option, or a --config recipe, starts from the defaults listed "
+                    "below instead.")
     _add_train_arguments(train)
     _add_distributed_arguments(train)
     resume = commands.add_parser("resume", help="continue an interrupted run")
@@ -264,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _train_or_resume(args: argparse.Namespace, argv: list[str]) -> int:
     from .distributed import (
+        check_backend,
         exit_process,
         init_distributed,
         launch_local,
@@ -271,6 +294,8 @@ def _train_or_resume(args: argparse.Namespace, argv: list[str]) -> int:
     )
 
     wanted = args.distributed or args.nproc_per_node is not None
+    if wanted:
+        check_backend(args.dist_backend)  # before torchrun starts workers that would all fail
     if wanted and not launched_by_torchrun():
         if args.nproc_per_node is None:
             init_distributed()  # raises the error that explains how to launch
@@ -311,7 +336,8 @@ def _print_summary(run_dir: Path, summary: dict[str, Any]) -> None:
         map(str, summary["final_widths"]))
     print(f"{summary['method']} {summary['model']} on {summary['dataset']}: test accuracy {text} "
           f"after {summary['epochs']} epochs, widths {widths[0]} -> {widths[1]}, "
-          f"{summary['params'] or 0:,} parameters, {summary['train_seconds']:.1f}s")
+          f"{'n/a' if summary['params'] is None else format(summary['params'], ',')} "
+          f"parameters, {summary['train_seconds']:.1f}s")
     print(f"report: {run_dir / 'report.md'}")
 
 

@@ -244,6 +244,21 @@ def _has_groups(model: nn.Module) -> bool:
         return False
 
 
+def check_backend(backend: str | None) -> str:
+    """The backend to use (``gloo`` by default), or a clear error for one that cannot work."""
+    backend = backend or "gloo"
+    if backend not in ("gloo", "nccl"):
+        raise DistributedError(f"unknown distributed backend '{backend}'; choose gloo or nccl")
+    if backend == "nccl":
+        # NCCL reduces CUDA tensors only; data-parallel training keeps the model on the CPU
+        # (the collectives for statistics and checks have not been verified on a GPU).
+        raise DistributedError(
+            "the nccl backend needs the model and data on GPUs, and neuroplast's data-parallel "
+            "training runs on the CPU (GPU training is not supported yet with --distributed; "
+            "--device cuda trains on one GPU): use --dist-backend gloo")
+    return backend
+
+
 def init_distributed(backend: str | None = None, timeout_s: float = 300.0) -> DistributedContext:
     """Join the process group torchrun set up (``RANK``, ``WORLD_SIZE``, ... in the environment).
 
@@ -258,22 +273,9 @@ def init_distributed(backend: str | None = None, timeout_s: float = 300.0) -> Di
             f"{', '.join(missing)}): launch with `torchrun --nproc_per_node N -m neuroplast "
             "train ...`, or add --nproc-per-node N to let neuroplast start torchrun itself"
         )
-    backend = backend or "gloo"
-    if backend not in ("gloo", "nccl"):
-        raise DistributedError(f"unknown distributed backend '{backend}'; choose gloo or nccl")
-    if backend == "nccl":
-        # NCCL reduces CUDA tensors only; data-parallel training keeps the model on the CPU
-        # (the collectives for statistics and checks have not been verified on a GPU).
-        raise DistributedError(
-            "the nccl backend needs the model and data on GPUs, and neuroplast's data-parallel "
-            "training runs on the CPU (GPU training is not supported yet with --distributed; "
-            "--device cuda trains on one GPU): use --dist-backend gloo")
+    backend = check_backend(backend)
     local_rank = int(os.environ["LOCAL_RANK"])
-    if backend == "nccl":
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
-    else:
-        device = torch.device("cpu")
+    device = torch.device("cpu")  # gloo: data-parallel training keeps the model on the CPU
     if not dist.is_initialized():
         dist.init_process_group(backend, timeout=dt.timedelta(seconds=timeout_s))
     return DistributedContext(rank=dist.get_rank(), world_size=dist.get_world_size(),

@@ -102,18 +102,32 @@ def test_net2net_factor_above_two_splits_repeatedly(digits):
     ("magnitude", {"keep": 0}, "keep must be a fraction"),
     ("apoz", {"start_epoch": 0}, "epochs must be >= 1"),
     ("net2net", {"factor": 1.0}, "factor must be > 1"),
+    ("magnitude", {"start_epoch": 4, "end_epoch": 2}, "end-epoch .2. is before"),
 ])
 def test_bad_options_are_clear_errors(name, options, message):
     with pytest.raises(ValueError, match=message):
         build_method(name, options)
 
 
-def test_unknown_layer_is_named(digits):
-    method = build_method("magnitude", {"layers": "fc9", "start_epoch": 1, "end_epoch": 1})
-    trainer = Trainer(build_model("mlp", digits.input_shape, 10, widths=[4]), digits, method,
-                      TrainConfig(progress=False))
-    with pytest.raises(ValueError, match="fc9"):
-        method.on_train_begin(trainer)
+def test_pruning_that_would_start_after_the_last_epoch_is_refused(tmp_path):
+    config = RunConfig(method="magnitude", model="mlp", dataset="digits", widths=[4],
+                       out=str(tmp_path / "run"), method_options={"start_epoch": 5},
+                       train=TrainConfig(epochs=2, progress=False, threads=1))
+    with pytest.raises(ValueError, match="start-epoch 5 is after the run's last epoch"):
+        train_run(config)
+
+
+@pytest.mark.parametrize("name", ["magnitude", "apoz", "net2net"])
+def test_unknown_layer_fails_before_training_and_leaves_no_run_behind(tmp_path, name):
+    out = tmp_path / "run"
+    config = RunConfig(method=name, model="mlp", dataset="digits", widths=[4], out=str(out),
+                       method_options={"layers": "fc9"},
+                       train=TrainConfig(epochs=3, progress=False, threads=1))
+    with pytest.raises(ValueError, match=rf"--{name}-layers names \['fc9'\]"):
+        train_run(config)
+    assert not out.exists()  # nothing trained, nothing to resume: the --out is free again
+    config.method_options = {}
+    assert train_run(config)["epochs"] == 3
 
 
 @pytest.mark.parametrize("name,options", [

@@ -186,6 +186,29 @@ def test_truncated_manifest_is_a_clear_error(tmp_path):
         npl.load_checkpoint(tmp_path)
 
 
+@pytest.mark.parametrize("edit", [
+    lambda m: m.pop("model"),
+    lambda m: m["model"].update(widths=[3]),
+    lambda m: m.update(method="garbage"),
+    lambda m: m.update(epoch=m["epoch"] + 1),
+])
+def test_a_manifest_edited_by_hand_is_a_clear_error(tmp_path, edit):
+    _saved(tmp_path)
+    path = tmp_path / "checkpoint.json"
+    manifest = json.loads(path.read_text())
+    edit(manifest)
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(npl.CheckpointError, match="manifest .* fails its SHA-256 check"):
+        npl.load_checkpoint(tmp_path)
+
+
+def test_a_manifest_rewritten_with_another_layout_still_loads(tmp_path):
+    _saved(tmp_path)
+    path = tmp_path / "checkpoint.json"
+    path.write_text(json.dumps(dict(reversed(json.loads(path.read_text()).items())), indent=4))
+    assert npl.layer_widths(npl.load_checkpoint(tmp_path).model) == {"fc1": 3}
+
+
 def test_missing_checkpoint_names_the_expected_file(tmp_path):
     with pytest.raises(npl.CheckpointError, match="checkpoint.json"):
         npl.load_checkpoint(tmp_path / "nowhere")

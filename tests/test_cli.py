@@ -43,6 +43,13 @@ def test_recipe_file_and_typed_options_merge(tmp_path, capsys):
     assert config["train"]["batch_size"] == 100
 
 
+def test_a_recipe_option_of_another_method_names_the_method(tmp_path, capsys):
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text('dataset = "digits"\nepochs = 1\nnpn_k = 3.0\n')  # forgot method
+    code, _, err = run(capsys, "train", "--config", recipe, "--out", tmp_path / "r")
+    assert code == 2 and "npn_k is an option of method npn, but this run uses method fixed" in err
+
+
 @pytest.mark.parametrize(
     "args,message",
     [
@@ -51,6 +58,8 @@ def test_recipe_file_and_typed_options_merge(tmp_path, capsys):
         (["--dataset", "imagenet"], "imagenet"),
         (["--epochs", "-2"], "epochs must be >= 1"),
         (["--widths", "8,0"], "widths must be integers >= 1"),
+        (["--model", "lenet300", "--widths", "5,5,5"], "lenet300 widths (fc1, fc2 units"),
+        (["--val-fraction", "0"], "val_fraction must be a number in (0, 1)"),
         (["--lr", "0"], "learning rate must be a positive number"),
         (["--threads", "0"], "threads must be >= 1"),
         (["--dataset", "mnist", "--data-dir", "/nonexistent/mnist"], "train-images-idx3-ubyte"),
@@ -61,6 +70,20 @@ def test_bad_input_gets_a_clear_error(tmp_path, capsys, args, message):
     assert code == 2
     assert message in err
     assert "Traceback" not in err
+
+
+def test_lenet5_widths_name_what_they_are(tmp_path, capsys):
+    # digits are 8x8, too small for LeNet-5's convolutions: a 16x16 home-made set instead
+    import numpy as np
+
+    data = tmp_path / "img.npz"
+    rng = np.random.default_rng(0)
+    np.savez(data, x=rng.random((40, 1, 16, 16), dtype=np.float32), y=np.arange(40) % 4)
+    code, _, err = run(capsys, "train", *TINY, "--model", "lenet5", "--dataset", "npz",
+                       "--data-dir", data, "--widths", "5", "--out", tmp_path / "run")
+    assert code == 2 and "lenet5 widths (conv1, conv2 channels, fc1 units" in err
+    assert "must be 3 numbers, got 1" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
 
 
 def test_an_occupied_output_directory_is_refused_unless_overwrite(tmp_path, capsys):

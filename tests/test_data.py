@@ -119,6 +119,10 @@ def test_unknown_name_lists_choices() -> None:
 def test_bad_val_fraction_and_misplaced_label_column() -> None:
     with pytest.raises(DataError, match="val_fraction"):
         load_dataset("moons", val_fraction=1.5)
+    with pytest.raises(DataError, match=r"in \(0, 1\).*held-out"):  # methods decide on it
+        load_dataset("digits", val_fraction=0)
+    with pytest.raises(DataError, match="holds out no example"):
+        load_dataset("digits", val_fraction=1e-6)
     with pytest.raises(DataError, match="label_column"):
         load_dataset("moons", label_column="y")
 
@@ -229,11 +233,15 @@ def test_download_failure_raises_missing_file_error(
         raise urllib.error.URLError("no network")
 
     monkeypatch.setattr(idx_module.urllib.request, "urlopen", offline)
-    target = tmp_path / "mnist"
+    target = tmp_path / "data" / "mnist"
     with pytest.raises(DataError) as err:
         load_dataset("mnist", target, download=True)
     assert "train-images-idx3-ubyte.gz" in str(err.value) and "no network" in str(err.value)
-    assert list(target.iterdir()) == []  # no partial files left behind
+    assert list(tmp_path.iterdir()) == []  # no partial files, no folders made for them
+    (tmp_path / "mine").mkdir()  # a folder the user made stays, empty or not
+    with pytest.raises(DataError):
+        load_dataset("mnist", tmp_path / "mine", download=True)
+    assert (tmp_path / "mine").is_dir()
 
 
 def test_download_verifies_md5_and_writes_files(
@@ -258,7 +266,7 @@ def test_download_verifies_md5_and_writes_files(
     target = tmp_path / "downloaded"
     with pytest.raises(DataError, match="checksum"):
         load_dataset("mnist", target, download=True)
-    assert list(target.iterdir()) == []
+    assert not target.exists()  # no partial file, and not the folder made for the files
     corrupt["on"] = False
     s = load_dataset("mnist", target, download=True)
     assert sorted(p.name for p in target.iterdir()) == sorted(blobs)
@@ -479,6 +487,9 @@ def test_npz_errors(tmp_path: Path) -> None:
         load_dataset("npz", tmp_path / "bad.npz")
     with pytest.raises(DataError, match="does not exist"):
         load_dataset("npz", tmp_path / "missing.npz")
+    (tmp_path / "noise.npz").write_bytes(bytes(range(7, 250)))
+    with pytest.raises(DataError, match="is not an .npz archive"):  # not "pickled data"
+        load_dataset("npz", tmp_path / "noise.npz")
 
 
 def test_csv_loads_with_label_column(tmp_path: Path) -> None:

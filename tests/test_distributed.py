@@ -212,3 +212,13 @@ def test_backends_other_than_gloo_are_refused_with_the_reason(monkeypatch):
         init_distributed("nccl")
     with pytest.raises(DistributedError, match="choose gloo"):
         init_distributed("mpi")
+
+
+def test_nccl_is_refused_before_torchrun_starts_any_worker(tmp_path, capsys):
+    from neuroplast import cli
+
+    code = cli.main(["train", "--dataset", "digits", "--epochs", "1", "--dist-backend", "nccl",
+                     "--nproc-per-node", "2", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and "use --dist-backend gloo" in err
+    assert "resume" not in err and not (tmp_path / "run").exists()

@@ -33,6 +33,46 @@ def test_ctrl_c_saves_mid_epoch_and_resume_equals_an_uninterrupted_run(tmp_path)
     assert_same_run(tmp_path / "straight", tmp_path / "cut")
 
 
+class CtrlCAfterStep(Callback):
+    """A real SIGINT landing after the optimizer step of a batch (epoch and batch from 1), the
+    moment at which recording that batch as still pending would apply it twice on resume."""
+
+    def __init__(self, epoch, batch, times=1):
+        self.epoch, self.batch, self.times, self.seen = epoch, batch, times, 0
+
+    def on_epoch_begin(self, trainer, epoch):
+        self.seen = 0
+
+    def on_batch_end(self, trainer, loss):
+        self.seen += 1
+        if trainer.epoch + 1 == self.epoch and self.seen == self.batch:
+            for _ in range(self.times):
+                signal.raise_signal(signal.SIGINT)
+
+
+def test_a_real_ctrl_c_after_a_step_waits_for_the_batch_and_resume_is_exact(tmp_path, capsys):
+    train_run(_config(tmp_path / "straight"))
+    summary = train_run(_config(tmp_path / "cut"), callbacks=[CtrlCAfterStep(epoch=3, batch=5)])
+    assert summary["stopped_early"] == "interrupted" and summary["epochs"] == 2
+    checkpoint = load_checkpoint(tmp_path / "cut" / "checkpoint")
+    assert checkpoint.extra["position"]["batch"] == 5  # batches 1-5 applied, 6 next
+    per_epoch = load_checkpoint(tmp_path / "straight" / "checkpoint").step // 4
+    assert checkpoint.step == 2 * per_epoch + 5  # no optimizer step lost or repeated
+    assert "after 5 batches: saved" in capsys.readouterr().err  # shown without progress
+    resume_run(tmp_path / "cut")
+    assert_same_run(tmp_path / "straight", tmp_path / "cut")
+
+
+def test_a_second_ctrl_c_stops_at_once_and_resumes_from_the_last_epoch(tmp_path, capsys):
+    train_run(_config(tmp_path / "straight"))
+    train_run(_config(tmp_path / "cut"), callbacks=[CtrlCAfterStep(epoch=3, batch=5, times=2)])
+    checkpoint = load_checkpoint(tmp_path / "cut" / "checkpoint")
+    assert checkpoint.epoch == 2 and checkpoint.extra["position"] is None
+    assert "checkpoint of epoch 2 is kept" in capsys.readouterr().err
+    resume_run(tmp_path / "cut")
+    assert_same_run(tmp_path / "straight", tmp_path / "cut")
+
+
 KILL_MID_EPOCH = textwrap.dedent(
     """
     import os, signal, sys
@@ -69,10 +109,12 @@ class PoisonAt(Callback):
                 trainer.model.fc1.weight[0, 0] = float("nan")
 
 
-def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path):
+def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
     summary = train_run(_config(tmp_path), callbacks=[PoisonAt()])
     assert summary["stopped_early"].startswith("diverged")
     assert "nan" in summary["stopped_early"] and "learning rate" in summary["stopped_early"]
+    # said even with progress off, naming the checkpoint that really exists
+    assert "last good checkpoint (epoch 2) is kept" in capsys.readouterr().err
     checkpoint = load_checkpoint(tmp_path / "checkpoint")
     assert checkpoint.epoch == 2
     assert all(torch.isfinite(t).all() for t in checkpoint.model.state_dict().values())

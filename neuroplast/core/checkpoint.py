@@ -222,6 +222,7 @@ def save_checkpoint(
     tensors_file = f"tensors-{digest[:16]}.safetensors"
     write_atomic(directory / tensors_file, data)
     manifest.update(tensors_file=tensors_file, tensors_sha256=digest, tensors_bytes=len(data))
+    manifest["manifest_sha256"] = _manifest_digest(manifest)
     manifest_path = directory / MANIFEST
     write_atomic(manifest_path, json.dumps(manifest, indent=1).encode())
     for old in directory.glob("tensors-*.safetensors"):
@@ -335,6 +336,14 @@ class Checkpoint:
             torch.cuda.set_rng_state_all([self.tensors[f"rng/cuda/{i}"] for i in range(count)])
 
 
+def _manifest_digest(manifest: Mapping[str, Any]) -> str:
+    """SHA-256 of the manifest's content (without this digest), independent of key order and
+    layout, so that a manifest edited by hand is caught like a modified tensors file."""
+    content = {key: value for key, value in manifest.items() if key != "manifest_sha256"}
+    text = json.dumps(content, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def _read_manifest(directory: Path) -> dict[str, Any]:
     path = directory / MANIFEST
     if not path.is_file():
@@ -355,6 +364,13 @@ def _read_manifest(directory: Path) -> dict[str, Any]:
         raise CheckpointError(
             f"{path} was written by a newer neuroplast (format {manifest['version']}); "
             "upgrade neuroplast to read it"
+        )
+    # Checkpoints written before the digest existed have none and are trusted as they are.
+    if "manifest_sha256" in manifest and manifest["manifest_sha256"] != _manifest_digest(
+            manifest):
+        raise CheckpointError(
+            f"checkpoint manifest {path} fails its SHA-256 check: it was edited or corrupted "
+            "after it was written, so the checkpoint cannot be used"
         )
     return manifest
 

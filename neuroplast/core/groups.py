@@ -242,6 +242,26 @@ def get_unit_group(model: nn.Module, layer: str) -> UnitGroup:
     )
 
 
+def select_unit_groups(model: nn.Module, spec: str, option: str) -> dict[str, UnitGroup]:
+    """The unit groups a policy's layer option names: ``all``, ``first`` or ``fc1,fc2``.
+
+    ``option`` is the flag the user typed (``--magnitude-layers``), named in the error for a
+    layer that is not resizable, so that a wrong name fails before training starts.
+    """
+    groups = find_unit_groups(model)
+    spec = spec.strip()
+    if spec == "all":
+        return groups
+    if spec == "first":
+        return dict(list(groups.items())[:1])
+    names = [name.strip() for name in spec.split(",") if name.strip()]
+    unknown = [name for name in names if name not in groups]
+    if unknown:
+        raise NotResizableError(f"{option} names {unknown}, which are not resizable layers of "
+                                f"this model; its resizable layers are {list(groups)}")
+    return {name: groups[name] for name in names}
+
+
 def layer_widths(model: nn.Module) -> dict[str, int]:
     """Current width of every resizable layer, input to output."""
     return {name: group.width for name, group in find_unit_groups(model).items()}

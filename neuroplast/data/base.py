@@ -114,6 +114,11 @@ def val_size(n_train: int, val_fraction: float | None, default_count: int | None
         n_val = round(DEFAULT_HOLDOUT_FRACTION * n_train)
         if default_count is not None:
             n_val = min(default_count, n_val)
+    if n_val < 1:
+        raise DataError(
+            f"a validation fraction of {val_fraction} holds out no example of {n_train}; "
+            "use a larger val_fraction"
+        )
     if n_val >= n_train:
         raise DataError(
             f"a validation split of {n_val} leaves no training data out of {n_train} examples; "

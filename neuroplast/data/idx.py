@@ -179,7 +179,9 @@ def _find(directory: Path, stem: str) -> Path | None:
 
 
 def _download_missing(directory: Path, source: IdxSource, stems: list[str]) -> str | None:
-    """Try to fetch the missing files; returns None on success, else why it failed."""
+    """Try to fetch the missing files; returns None on success, else why it failed (and then
+    removes the folder again if it made it and it is still empty)."""
+    created = [parent for parent in (directory, *directory.parents) if not parent.exists()]
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -189,6 +191,9 @@ def _download_missing(directory: Path, source: IdxSource, stems: list[str]) -> s
         try:
             download_file(source.url + filename, directory / filename, source.md5.get(filename))
         except DownloadError as exc:
+            for folder in created:  # innermost first
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
             return f"{source.url}{filename}: {exc}"
     return None
 
@@ -196,6 +201,8 @@ def _download_missing(directory: Path, source: IdxSource, stems: list[str]) -> s
 def _missing(name: str, directory: Path, stem: str, download: bool, failure: str | None) -> str:
     source = SOURCES[name]
     where = f"in {directory}" if directory.is_dir() else f"in {directory} (no such folder)"
+    if not directory.is_absolute():  # recipes hold paths relative to where you run them
+        where += f", a path relative to the current directory {Path.cwd()}"
     files = ", ".join(f"{s}.gz" for s in FILES)
     message = (
         f"{name}: expected the file {stem}.gz (or uncompressed {stem}) {where}. Download the "

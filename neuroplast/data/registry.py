@@ -85,10 +85,12 @@ def load_dataset(
     key = _canonical(name)
     if val_fraction is not None and not (
         isinstance(val_fraction, numbers.Real)
-        and 0.0 <= val_fraction < 1.0
+        and 0.0 < val_fraction < 1.0
         and math.isfinite(val_fraction)
     ):
-        raise DataError(f"val_fraction must be a number in [0, 1), got {val_fraction!r}")
+        raise DataError(
+            f"val_fraction must be a number in (0, 1), got {val_fraction!r}: every method "
+            "measures (and NPN expand, MetaNet and APoZ decide) on the held-out split")
     if label_column is not None and key != "csv":
         raise DataError(f"label_column is only used by the csv data set, not {key!r}")
     path = Path(data_dir).expanduser() if data_dir is not None else None

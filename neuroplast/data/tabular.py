@@ -30,6 +30,11 @@ def _to_nchw(x: np.ndarray) -> np.ndarray:
     return x
 
 
+def _first_bytes(path: Path, count: int) -> bytes:
+    with open(path, "rb") as file:
+        return file.read(count)
+
+
 def load_npz(
     path: Path, *, seed: int, val_fraction: float | None, standardise: bool = True
 ) -> DataSplits:
@@ -40,6 +45,10 @@ def load_npz(
     first). Labels may be any integers or strings; they become ``0 .. C-1`` and the original
     values, as strings, are the class names. Without test arrays 20 % is held out as test.
     """
+    if Path(path).is_file() and _first_bytes(path, 2) != b"PK":
+        # not a zip: numpy would call unknown bytes "pickled data"
+        raise DataError(f"{path} is not an .npz archive (a zip of .npy arrays). Save it with "
+                        "numpy.savez(path, x=..., y=...)")
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in archive.files}
@@ -110,7 +119,8 @@ def _label_column(header: list[str], wanted: str | None, path: Path) -> int:
             return lowered.index(candidate)
     raise DataError(
         f"{path} has no label column (tried {', '.join(LABEL_COLUMNS)}); its columns are "
-        f"{names}. Pass label_column=... to load_dataset"
+        f"{names}. Name the label column one of those, or pass label_column=... to "
+        "load_dataset"
     )
 
 

@@ -51,7 +51,7 @@ class L0HardConcrete(Method):
         0.5, "initial probability that a gate is closed: log_alpha = log((1 - p) / p)")
     beta: float = option(BETA, "temperature of the hard-concrete distribution")
     per_example: bool = option(True, "sample gates per example (else once per mini-batch)")
-    gate_lr: float | None = option(None, "learning rate of log_alpha; None: the run's --lr")
+    gate_lr: float | None = option(None, "learning rate of log_alpha; unset: the run's --lr")
 
     def __post_init__(self) -> None:
         self.lambdas = tuple(float(v) for v in (

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..core.groups import find_unit_groups
+from ..core.groups import select_unit_groups
 from ..train.callbacks import Method, option
 from .expression import (
     ExpressionMonitor,
@@ -208,18 +208,7 @@ class MetaNet(Method):
             fail("min_width", f"must not exceed --metanet-max-width ({self.max_width})")
 
     def _resolve_layers(self, model: torch.nn.Module) -> list[str]:
-        groups = find_unit_groups(model)
-        spec = self.layers.strip()
-        if spec == "first":
-            names = list(groups)[:1]
-        elif spec == "all":
-            names = list(groups)
-        else:
-            names = [name.strip() for name in spec.split(",") if name.strip()]
-            unknown = [name for name in names if name not in groups]
-            if unknown:
-                raise ValueError(f"--metanet-layers names {unknown}, which are not resizable "
-                                 f"layers of this model; its layers are {list(groups)}")
+        names = list(select_unit_groups(model, self.layers, "--metanet-layers"))
         if not names:
             raise ValueError("metanet found no resizable hidden layer in this model")
         for name in names:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..core.groups import find_unit_groups
+from ..core.groups import find_unit_groups, select_unit_groups
 from ..train.callbacks import Method, option
 
 if TYPE_CHECKING:
@@ -41,16 +41,16 @@ class Net2Net(Method):
             raise ValueError("net2net every must be >= 1, events >= 0 and noise >= 0")
         self._done = 0
 
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Check the layers to widen exist before training starts (no change)."""
+        select_unit_groups(model, self.layers, "--net2net-layers")
+        return model
+
     def on_epoch_end(self, trainer: Trainer, epoch: int) -> None:
         if self._done >= self.events or epoch % self.every != 0 or epoch >= trainer.config.epochs:
             return
-        groups = find_unit_groups(trainer.model)
-        names = list(groups) if self.layers == "all" else [
-            name.strip() for name in self.layers.split(",") if name.strip()]
-        unknown = [name for name in names if name not in groups]
-        if unknown:
-            raise ValueError(f"net2net: no resizable layer {unknown}; choose from {list(groups)}")
-        for name in names:
+        groups = select_unit_groups(trainer.model, self.layers, "--net2net-layers")
+        for name in list(groups):
             width = groups[name].width
             added = math.ceil(width * (self.factor - 1))
             while added > 0:  # a unit is split at most once per pass, so large factors loop

@@ -43,7 +43,8 @@ GATE_OPTIMIZERS = ("shared", "adam")
 def parse_k_schedule(text: str) -> list[tuple[int, float]]:
     """``"1:inf,11:7,41:inf"`` -> ``[(1, inf), (11, 7.0), (41, inf)]``.
 
-    Each entry is ``<first epoch>:<k>`` (epochs count from 1); ``k`` holds until the next entry.
+    Each entry is ``<first epoch>:<k>`` (epochs count from 1); ``k`` holds until the next entry,
+    and epochs before the first entry train at ``k = inf``.
     """
     schedule: list[tuple[int, float]] = []
     for part in str(text).split(","):
@@ -91,7 +92,8 @@ class NPN(Method):
     stages: tuple[float, ...] = field(default=(0.2, 0.7), metadata={
         "help": "ends of stage 1 (k=inf) and stage 2 (k) as fractions of the epochs"})
     k_schedule: str = field(default="", metadata={
-        "help": "explicit schedule '<epoch>:<k>,...', e.g. '1:inf,11:7,41:inf' (overrides stages)"})
+        "help": "explicit schedule '<epoch>:<k>,...', e.g. '1:inf,11:7,41:inf' (overrides "
+                "stages; epochs before the first entry use k=inf)"})
     lambdas: tuple[float, ...] = field(default=(1e-4,), metadata={
         "help": "L0 penalty per expected active weight, one per gated layer or one for all"})
     l2: float = field(default=0.0, metadata={
@@ -109,7 +111,7 @@ class NPN(Method):
     per_example: bool = field(default=False, metadata={
         "help": "draw gates per example instead of once per mini-batch"})
     gate_lr: float | None = field(default=None, metadata={
-        "help": "learning rate of phi; None: the run's --lr"})
+        "help": "learning rate of phi; unset: the run's --lr"})
     gate_optimizer: str = field(default="shared", metadata={
         "help": "shared: phi is a param group of the run's optimizer; adam: phi has its own "
                 "Adam (the reference's ResNet: SGD for weights, Adam for phi)"})

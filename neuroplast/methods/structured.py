@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..core.groups import UnitGroup, find_unit_groups
+from ..core.groups import UnitGroup, select_unit_groups
 from ..train.callbacks import Method, option
 
 if TYPE_CHECKING:
@@ -42,20 +42,18 @@ class StructuredPruning(Method):
             raise ValueError(f"{self.name} epochs must be >= 1 (end-epoch 0: automatic)")
         if self.min_width < 1:
             raise ValueError(f"{self.name} min_width must be >= 1, got {self.min_width}")
+        if self.end_epoch and self.end_epoch < self.start_epoch:
+            raise ValueError(f"--{self.name}-end-epoch ({self.end_epoch}) is before "
+                             f"--{self.name}-start-epoch ({self.start_epoch})")
         self._initial: dict[str, int] = {}
 
     def _targets(self, trainer: Trainer) -> dict[str, UnitGroup]:
-        groups = find_unit_groups(trainer.model)
-        if self.layers == "all":
-            return groups
-        names = [name.strip() for name in self.layers.split(",") if name.strip()]
-        missing = [name for name in names if name not in groups]
-        if missing:
-            raise ValueError(f"{self.name}: no resizable layer {missing}; choose from "
-                             f"{list(groups)}")
-        return {name: groups[name] for name in names}
+        return select_unit_groups(trainer.model, self.layers, f"--{self.name}-layers")
 
     def on_train_begin(self, trainer: Trainer) -> None:
+        if self.start_epoch > trainer.config.epochs:
+            raise ValueError(f"--{self.name}-start-epoch {self.start_epoch} is after the run's "
+                             f"last epoch ({trainer.config.epochs}): nothing would be pruned")
         if not self._initial:  # a resumed run keeps the widths it started from
             self._initial = {name: g.width for name, g in self._targets(trainer).items()}
 

@@ -14,6 +14,7 @@ def lenet300(
     input_shape: tuple[int, ...], num_classes: int, widths: Sequence[int] = (300, 100), **options
 ) -> nn.Sequential:
     """LeNet-300-100: a 784-300-100-10 MLP (other widths allowed as a starting point)."""
+    check_widths(widths, "lenet300 widths (fc1, fc2 units; e.g. 300,100)", count=2)
     return mlp(input_shape, num_classes, widths=widths, **options)
 
 
@@ -25,7 +26,8 @@ def lenet5(
     ``widths`` are (conv1 channels, conv2 channels, fc1 units); the 800 is conv2's 50 channels
     times the 4x4 map they leave on a 28x28 input.
     """
-    conv1, conv2, hidden = check_widths(widths)
+    conv1, conv2, hidden = check_widths(
+        widths, "lenet5 widths (conv1, conv2 channels, fc1 units; e.g. 20,50,500)", count=3)
     if len(input_shape) != 3:
         raise ValueError(f"lenet5 needs image inputs (C, H, W), got input shape {input_shape}")
     channels, height, width = input_shape

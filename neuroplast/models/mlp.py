@@ -11,12 +11,16 @@ from torch import nn
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "gelu": nn.GELU}
 
 
-def check_widths(widths: Sequence[int], what: str = "widths") -> list[int]:
-    """Validate a list of layer widths: every width an integer >= 1."""
+def check_widths(
+    widths: Sequence[int], what: str = "widths", count: int | None = None
+) -> list[int]:
+    """Validate a list of layer widths: every width an integer >= 1 (and ``count`` of them)."""
     widths = list(widths)
     for width in widths:
         if isinstance(width, bool) or not isinstance(width, int) or width < 1:
             raise ValueError(f"{what} must be integers >= 1, got {widths}")
+    if count is not None and len(widths) != count:
+        raise ValueError(f"{what} must be {count} numbers, got {len(widths)}: {widths}")
     return widths
 
 

@@ -14,11 +14,15 @@ resize, and the ranks are checked to agree after every point where a policy may 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import os
+import signal
+import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -363,47 +367,56 @@ class Trainer:
                    disable=not self.config.progress, leave=False, dynamic_ncols=True,
                    mininterval=0.5)
         index = first
+        interrupt = _InterruptFlag()
         try:
-            for index in range(first, len(batches)):
-                rows = self._share(batches[index])
-                x = self.data.x_train[rows].to(self.device, non_blocking=True)
-                y = self.data.y_train[rows].to(self.device, non_blocking=True)
-                for callback in self.callbacks:
-                    callback.on_batch_begin(self, x, y)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss, logits = self.method.training_loss(self, x, y)
-                if self.loss_scale != 1.0:
-                    loss_for_backward = loss * self.loss_scale
-                else:
-                    loss_for_backward = loss
-                value = loss.item()  # one sync serves the divergence check and the running mean
-                if not math.isfinite(value) and self.distributed is None:
-                    self._diverged(value, epoch, index)
-                loss_for_backward.backward()
-                if self.distributed is not None:
-                    self.distributed.average_gradients_(
-                        self.method.manual_gradient_parameters(self.model))
-                for callback in self.callbacks:
-                    callback.after_backward(self)
-                self.optimizer.step()
-                self.step += 1
-                detached = loss.detach()
-                if self.loss_scale:  # a rank with no share of this batch counts nothing
-                    loss_sum += value * len(y)
-                    correct += (logits.detach().argmax(1) == y).sum()
-                    seen += len(y)
-                for callback in self.callbacks:
-                    callback.on_batch_end(self, detached)
-                if self._agree(f"after batch {index + 1} of epoch {epoch}",
-                               diverged=not math.isfinite(value)):
-                    self._diverged(value, epoch, index)  # on every rank at once
-                if bar.disable is False and index % 10 == 0:
-                    bar.set_postfix_str(
-                        f"loss {loss_sum / seen:.4f} acc {correct.item() / seen:.3f} "
-                        f"widths {self._width_text()}", refresh=False)
-                bar.update(1)
+            with _deferred_interrupt(interrupt, enabled=self.distributed is None):
+                for index in range(first, len(batches)):
+                    if interrupt.requested:  # between batches, so none is half applied
+                        raise KeyboardInterrupt
+                    rows = self._share(batches[index])
+                    x = self.data.x_train[rows].to(self.device, non_blocking=True)
+                    y = self.data.y_train[rows].to(self.device, non_blocking=True)
+                    for callback in self.callbacks:
+                        callback.on_batch_begin(self, x, y)
+                    self.optimizer.zero_grad(set_to_none=True)
+                    loss, logits = self.method.training_loss(self, x, y)
+                    if self.loss_scale != 1.0:
+                        loss_for_backward = loss * self.loss_scale
+                    else:
+                        loss_for_backward = loss
+                    value = loss.item()  # one sync: the divergence check and the running mean
+                    if not math.isfinite(value) and self.distributed is None:
+                        self._diverged(value, epoch, index)
+                    loss_for_backward.backward()
+                    if self.distributed is not None:
+                        self.distributed.average_gradients_(
+                            self.method.manual_gradient_parameters(self.model))
+                    for callback in self.callbacks:
+                        callback.after_backward(self)
+                    self.optimizer.step()
+                    self.step += 1
+                    detached = loss.detach()
+                    if self.loss_scale:  # a rank with no share of this batch counts nothing
+                        loss_sum += value * len(y)
+                        correct += (logits.detach().argmax(1) == y).sum()
+                        seen += len(y)
+                    for callback in self.callbacks:
+                        callback.on_batch_end(self, detached)
+                    if self._agree(f"after batch {index + 1} of epoch {epoch}",
+                                   diverged=not math.isfinite(value)):
+                        self._diverged(value, epoch, index)  # on every rank at once
+                    if bar.disable is False and index % 10 == 0:
+                        bar.set_postfix_str(
+                            f"loss {loss_sum / seen:.4f} acc {correct.item() / seen:.3f} "
+                            f"widths {self._width_text()}", refresh=False)
+                    bar.update(1)
+                index = len(batches)
+                if interrupt.requested:  # during the epoch's last batch
+                    raise KeyboardInterrupt
         except KeyboardInterrupt:
-            if self.distributed is None:  # a rank's partial sums are not the run's: epoch end
+            # A rank's partial sums are not the run's (DDP stops at the epoch's end), and a
+            # forced stop may land inside a batch: both resume from the last epoch's end.
+            if self.distributed is None and not interrupt.forced:
                 self._position = {"epoch_rng": epoch_rng, "batch": index, "seen": seen,
                                   "loss_sum": loss_sum, "correct": correct.item()}
             raise
@@ -517,8 +530,9 @@ class Trainer:
             self.save()  # what on_train_end changed (a final compaction) is kept too
         except TrainingDiverged as error:
             self.stopped_early = f"diverged: {error}"
-            self._say(f"training stopped: {error}. The last good checkpoint (epoch {self.epoch}) "
-                      "is kept.")
+            kept = (f"The last good checkpoint (epoch {self.epoch}) is kept." if self.epoch
+                    else "No epoch finished, so there is no checkpoint to resume.")
+            self._tell(f"training stopped: {error}. {kept}")
         except RuntimeError as error:
             if (self.distributed is None or isinstance(error, DistributedError)
                     or not _communication_failed(error)):
@@ -531,10 +545,18 @@ class Trainer:
             ) from None
         except KeyboardInterrupt:
             self.stopped_early = "interrupted"
-            if self._position is not None:
+            if self.run_dir is None:
+                self._tell(f"interrupted in epoch {self.epoch + 1}")
+            elif self._position is not None:
                 self.save()
-                self._say(f"interrupted at epoch {self.epoch + 1}, batch "
-                          f"{self._position['batch'] + 1}: saved; `neuroplast resume` continues")
+                self._tell(f"interrupted in epoch {self.epoch + 1} after "
+                           f"{self._position['batch']} batches: saved; `neuroplast resume` "
+                           "continues from there")
+            elif self.epoch:
+                self._tell(f"interrupted: the checkpoint of epoch {self.epoch} is kept; "
+                           "`neuroplast resume` continues from it")
+            else:
+                self._tell("interrupted before the first epoch ended: nothing to resume")
         finally:
             if self._logger is not None:
                 self._logger.close()
@@ -543,6 +565,11 @@ class Trainer:
     def _say(self, text: str) -> None:
         if self.config.progress and self.is_main:
             tqdm.write(text)
+
+    def _tell(self, text: str) -> None:
+        """Why the run stopped: shown even with ``progress`` off."""
+        if self.is_main:
+            tqdm.write(text, file=sys.stderr)
 
     def _print_epoch(self, record: dict[str, Any]) -> None:
         events = f"  [{'; '.join(record['events'])}]" if record["events"] else ""
@@ -604,3 +631,37 @@ def _communication_failed(error: RuntimeError) -> bool:
         return True
     text = str(error).lower()
     return any(word in text for word in ("gloo", "nccl", "connection", "timed out", "peer"))
+
+
+class _InterruptFlag:
+    requested = False  # Ctrl-C pressed: stop before the next batch
+    forced = False  # pressed twice: stopped inside a batch
+
+
+@contextlib.contextmanager
+def _deferred_interrupt(flag: _InterruptFlag, enabled: bool) -> Iterator[None]:
+    """Hold a Ctrl-C until the running batch is done, so a checkpoint never records a batch
+    as pending that the optimizer has already applied; a second Ctrl-C stops at once.
+
+    Only in the main thread of a single process (signal handlers live there; under DDP a
+    rank stops at the epoch's end anyway).
+    """
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is not signal.default_int_handler:  # e.g. ignored under nohup: leave it be
+        yield
+        return
+
+    def hold(signum, frame) -> None:
+        if flag.requested:
+            flag.forced = True
+            raise KeyboardInterrupt
+        flag.requested = True
+
+    signal.signal(signal.SIGINT, hold)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

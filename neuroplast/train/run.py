@@ -97,12 +97,17 @@ def _check_run_dir(run_dir: Path, overwrite: bool) -> None:
         )
 
 
-def _clear_run_dir(run_dir: Path) -> None:
+def _clear_run_dir(run_dir: Path, remove_if_created: bool | None = None) -> None:
+    """Remove a run's files; then make the directory, or with ``remove_if_created=True``
+    remove it, if it is empty (it was made for this run)."""
     for name in RUN_FILES:
         (run_dir / name).unlink(missing_ok=True)
     for name in RUN_DIRS:
         shutil.rmtree(run_dir / name, ignore_errors=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if remove_if_created is None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    elif remove_if_created and run_dir.is_dir() and not any(run_dir.iterdir()):
+        run_dir.rmdir()
 
 
 def _build(
@@ -144,12 +149,20 @@ def train_run(
     if distributed is not None:
         distributed.barrier()  # every rank has checked before rank 0 clears the directory
     is_main = distributed is None or distributed.is_main
+    created = not run_dir.exists()
     if is_main:
         _clear_run_dir(run_dir)
-    _, trainer = _build(config, callbacks, distributed)
-    if is_main:
-        write_atomic(run_dir / CONFIG_FILE, json.dumps(config.to_json(), indent=1).encode())
-    trainer.fit()
+    try:
+        _, trainer = _build(config, callbacks, distributed)
+        if is_main:
+            write_atomic(run_dir / CONFIG_FILE, json.dumps(config.to_json(), indent=1).encode())
+        trainer.fit()
+    except BaseException:
+        # A run that failed before its first checkpoint (bad data, an option only the model
+        # can check, a missing package) has nothing to resume: leave the directory reusable.
+        if is_main and not (run_dir / "checkpoint").exists():
+            _clear_run_dir(run_dir, remove_if_created=created)
+        raise
     return finish_run(config, trainer)
 
 
