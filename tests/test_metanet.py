@@ -423,6 +423,17 @@ def test_a_layer_shedding_neurons_does_not_proliferate_for_stable_cycles_cycles(
     assert _script(method, trainer, stalled) == [12, 8, 8, 8, 12, 12]
 
 
+def test_brake_cycles_shortens_the_pause_after_shedding():
+    model = _model(widths=(12,))
+    with torch.no_grad():
+        model.fc1.bias[:4] = -1e3  # four dead units
+    method = MetaNet(proliferation="random", autophagy_threshold=0.0, protect_cycles=0,
+                     max_removal=0.5, growth_fraction=0.5, stable_cycles=3, brake_cycles=1)
+    stalled = [(1.0 - 0.005 * e, 1.0 - 0.005 * e) for e in range(6)]
+    # Cycle 2 sheds the dead units; only that cycle counts as shedding, so cycle 3 grows.
+    assert _script(method, _fake_trainer(model), stalled)[:3] == [12, 8, 12]
+
+
 def test_schedule_trigger_grows_every_cycle_for_the_first_n_cycles():
     method = MetaNet(proliferation="random", autophagy=False, trigger="schedule",
                      schedule_cycles=2, cycle_epochs=2, growth_fraction=0.5, growth_min=1)

@@ -37,8 +37,9 @@ class CtrlCAfterStep(Callback):
     """A real SIGINT landing after the optimizer step of a batch (epoch and batch from 1), the
     moment at which recording that batch as still pending would apply it twice on resume."""
 
-    def __init__(self, epoch, batch, times=1):
+    def __init__(self, epoch, batch, times=1, signal_number=signal.SIGINT):
         self.epoch, self.batch, self.times, self.seen = epoch, batch, times, 0
+        self.signal_number = signal_number
 
     def on_epoch_begin(self, trainer, epoch):
         self.seen = 0
@@ -47,12 +48,16 @@ class CtrlCAfterStep(Callback):
         self.seen += 1
         if trainer.epoch + 1 == self.epoch and self.seen == self.batch:
             for _ in range(self.times):
-                signal.raise_signal(signal.SIGINT)
+                signal.raise_signal(self.signal_number)
 
 
-def test_a_real_ctrl_c_after_a_step_waits_for_the_batch_and_resume_is_exact(tmp_path, capsys):
+@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM])
+def test_a_real_ctrl_c_after_a_step_waits_for_the_batch_and_resume_is_exact(
+        tmp_path, capsys, signal_number):
+    # SIGTERM is what a cluster scheduler sends before it preempts a job
     train_run(_config(tmp_path / "straight"))
-    summary = train_run(_config(tmp_path / "cut"), callbacks=[CtrlCAfterStep(epoch=3, batch=5)])
+    summary = train_run(_config(tmp_path / "cut"),
+                        callbacks=[CtrlCAfterStep(epoch=3, batch=5, signal_number=signal_number)])
     assert summary["stopped_early"] == "interrupted" and summary["epochs"] == 2
     checkpoint = load_checkpoint(tmp_path / "cut" / "checkpoint")
     assert checkpoint.extra["position"]["batch"] == 5  # batches 1-5 applied, 6 next

@@ -17,7 +17,7 @@ Only the paper's abstract is available, so this is a reconstruction faithful to 
    when the cycle did not improve the best validation loss by ``plateau_threshold`` (relative)
    and by ``significance`` standard errors of that loss, unless the network is memorising
    (validation worse while training still improves by more than that), the last growth has not
-   yet paid off, or autophagy removed neurons of the layer in the last ``stable_cycles`` cycles
+   yet paid off, or autophagy removed neurons of the layer in the last ``brake_cycles`` cycles
    (it has neurons to spare). A growth pays off when, within ``stable_cycles`` cycles, the loss
    beats the best before it by ``payoff_threshold`` (relative) and beyond the noise; one that
    does not ends proliferation for the run;
@@ -125,6 +125,9 @@ class MetaNet(Method):
         True, "random and gradient births start with their layer's mean Adam second moment, "
               "not zero (division copies keep zero: their larger first steps help them "
               "diverge from their parents)")
+    brake_cycles: int = option(
+        0, "a layer that lost neurons to autophagy does not grow for this many cycles after "
+           "(0: stable-cycles)")
     stable_cycles: int = option(
         3, "stop metabolising after this many cycles without a size change or a validation "
            "improvement")
@@ -191,6 +194,7 @@ class MetaNet(Method):
         for name, low in (("cycle_epochs", 1), ("schedule_cycles", 0), ("growth_min", 1),
                             ("max_width", 1), ("gradient_samples", 1), ("autophagy_patience", 1),
                             ("protect_cycles", 0), ("min_width", 1), ("stable_cycles", 1),
+                            ("brake_cycles", 0),
                             ("finetune_epochs", 0)):
             integer(name, low)
         for name in ("plateau_threshold", "payoff_threshold", "significance", "recovery",
@@ -370,7 +374,7 @@ class MetaNet(Method):
         return not self._progress and not memorising
 
     def _shedding(self, layer: str) -> bool:
-        """Whether autophagy removed neurons of ``layer`` in the last ``stable_cycles`` cycles.
+        """Whether autophagy removed neurons of ``layer`` in the last ``brake_cycles`` cycles.
 
         A layer still shedding under-expressed neurons has neurons to spare, so it does not
         grow. Without this brake a network learning its way down a long loss slope (a run of
@@ -378,7 +382,8 @@ class MetaNet(Method):
         while autophagy trimmed it (Moons from 8, seed 0: growth every few cycles to 149).
         """
         shrunk_at = self._shrunk_at.get(layer)
-        return shrunk_at is not None and self._cycle - shrunk_at < self.stable_cycles
+        brake = self.brake_cycles or self.stable_cycles
+        return shrunk_at is not None and self._cycle - shrunk_at < brake
 
     def _converged(self) -> bool:
         return (self._stable >= self.stable_cycles

@@ -4,7 +4,8 @@ The loop knows nothing of NPN or MetaNet: a :class:`~neuroplast.train.callbacks.
 the loss and resizes the model from its callbacks. Every epoch ends with a checkpoint holding
 everything needed to continue exactly (weights at their current widths, optimizer, scheduler,
 every random generator, the policy's state), so ``resume`` after a crash gives the same result
-as a run that never stopped. Ctrl-C saves a checkpoint at the exact batch and stops cleanly.
+as a run that never stopped. Ctrl-C (or SIGTERM) finishes the running batch, saves a checkpoint
+there and stops cleanly.
 
 With a :class:`~neuroplast.distributed.DistributedContext` the same loop trains data-parallel
 under DDP: each rank takes its share of every global batch, the model is re-wrapped after every
@@ -640,19 +641,20 @@ class _InterruptFlag:
 
 @contextlib.contextmanager
 def _deferred_interrupt(flag: _InterruptFlag, enabled: bool) -> Iterator[None]:
-    """Hold a Ctrl-C until the running batch is done, so a checkpoint never records a batch
-    as pending that the optimizer has already applied; a second Ctrl-C stops at once.
+    """Hold a Ctrl-C (SIGINT) or a SIGTERM (a scheduler's preemption notice) until the running
+    batch is done, so a checkpoint never records a batch as pending that the optimizer has
+    already applied; a second signal stops at once.
 
     Only in the main thread of a single process (signal handlers live there; under DDP a
-    rank stops at the epoch's end anyway).
+    rank stops at the epoch's end anyway), and only for a signal whose handler is still
+    Python's default (one ignored under nohup, or someone else's handler, is left alone).
     """
+    defaults = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
     if not enabled or threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.getsignal(signal.SIGINT)
-    if previous is not signal.default_int_handler:  # e.g. ignored under nohup: leave it be
-        yield
-        return
+    previous = {number: signal.getsignal(number) for number in defaults}
+    held = [number for number, default in defaults.items() if previous[number] is default]
 
     def hold(signum, frame) -> None:
         if flag.requested:
@@ -660,8 +662,10 @@ def _deferred_interrupt(flag: _InterruptFlag, enabled: bool) -> Iterator[None]:
             raise KeyboardInterrupt
         flag.requested = True
 
-    signal.signal(signal.SIGINT, hold)
+    for number in held:
+        signal.signal(number, hold)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for number in held:
+            signal.signal(number, previous[number])
