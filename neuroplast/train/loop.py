@@ -374,39 +374,12 @@ class Trainer:
                 for index in range(first, len(batches)):
                     if interrupt.requested:  # between batches, so none is half applied
                         raise KeyboardInterrupt
-                    rows = self._share(batches[index])
-                    x = self.data.x_train[rows].to(self.device, non_blocking=True)
-                    y = self.data.y_train[rows].to(self.device, non_blocking=True)
-                    for callback in self.callbacks:
-                        callback.on_batch_begin(self, x, y)
-                    self.optimizer.zero_grad(set_to_none=True)
-                    loss, logits = self.method.training_loss(self, x, y)
-                    if self.loss_scale != 1.0:
-                        loss_for_backward = loss * self.loss_scale
-                    else:
-                        loss_for_backward = loss
-                    value = loss.item()  # one sync: the divergence check and the running mean
-                    if not math.isfinite(value) and self.distributed is None:
-                        self._diverged(value, epoch, index)
-                    loss_for_backward.backward()
-                    if self.distributed is not None:
-                        self.distributed.average_gradients_(
-                            self.method.manual_gradient_parameters(self.model))
-                    for callback in self.callbacks:
-                        callback.after_backward(self)
-                    self.optimizer.step()
-                    self.step += 1
-                    detached = loss.detach()
-                    if self.loss_scale:  # a rank with no share of this batch counts nothing
-                        loss_sum += value * len(y)
-                        correct += (logits.detach().argmax(1) == y).sum()
-                        seen += len(y)
-                    for callback in self.callbacks:
-                        callback.on_batch_end(self, detached)
-                    if self._agree(f"after batch {index + 1} of epoch {epoch}",
-                                   diverged=not math.isfinite(value)):
-                        self._diverged(value, epoch, index)  # on every rank at once
-                    if bar.disable is False and index % 10 == 0:
+                    batch_loss, batch_correct, batch_seen = self._train_batch(
+                        epoch, index, batches[index])
+                    loss_sum += batch_loss
+                    correct += batch_correct
+                    seen += batch_seen
+                    if bar.disable is False and index % 10 == 0 and seen:
                         bar.set_postfix_str(
                             f"loss {loss_sum / seen:.4f} acc {correct.item() / seen:.3f} "
                             f"widths {self._width_text()}", refresh=False)
@@ -430,6 +403,41 @@ class Trainer:
             loss_sum, correct_total, seen = self.all_reduce_sum_(totals).tolist()
             correct = torch.tensor(int(round(correct_total)))
         return loss_sum / max(seen, 1), correct.item() / max(seen, 1)
+
+    def _train_batch(
+        self, epoch: int, index: int, batch: torch.Tensor
+    ) -> tuple[float, torch.Tensor, int]:
+        """One optimizer step on this process's share of a global batch; returns its summed
+        loss, correct predictions and example count (zeros for a rank with no share)."""
+        rows = self._share(batch)
+        x = self.data.x_train[rows].to(self.device, non_blocking=True)
+        y = self.data.y_train[rows].to(self.device, non_blocking=True)
+        for callback in self.callbacks:
+            callback.on_batch_begin(self, x, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss, logits = self.method.training_loss(self, x, y)
+        loss_for_backward = loss * self.loss_scale if self.loss_scale != 1.0 else loss
+        value = loss.item()  # one sync serves the divergence check and the running mean
+        if not math.isfinite(value) and self.distributed is None:
+            self._diverged(value, epoch, index)
+        loss_for_backward.backward()
+        if self.distributed is not None:
+            self.distributed.average_gradients_(
+                self.method.manual_gradient_parameters(self.model))
+        for callback in self.callbacks:
+            callback.after_backward(self)
+        self.optimizer.step()
+        self.step += 1
+        if self.loss_scale:  # a rank with no share of this batch counts nothing
+            sums = (value * len(y), (logits.detach().argmax(1) == y).sum(), len(y))
+        else:
+            sums = (0.0, torch.zeros((), dtype=torch.long, device=self.device), 0)
+        for callback in self.callbacks:
+            callback.on_batch_end(self, loss.detach())
+        if self._agree(f"after batch {index + 1} of epoch {epoch}",
+                       diverged=not math.isfinite(value)):
+            self._diverged(value, epoch, index)  # on every rank at once
+        return sums
 
     def _diverged(self, value: float, epoch: int, index: int) -> None:
         raise TrainingDiverged(
