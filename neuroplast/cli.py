@@ -225,17 +225,25 @@ def config_from_options(options: dict[str, Any], command: str | None = None) -> 
     return config
 
 
+def _default_job_text() -> str:
+    """``neuroplast train --help``'s account of when the default job runs, and what it is."""
+    def flag(name: str) -> str:
+        return "--" + name.replace("_", "-")
+
+    how = [flag(n) for n in sorted(HOW_TO_RUN_OPTIONS - {"progress"})] + ["--no-progress"]
+    job = " ".join(f"{flag(k)} {','.join(map(str, v)) if isinstance(v, list) else v}"
+                   for k, v in DEFAULT_JOB.items())
+    return (f"With no options, or only {', '.join(how)}, this runs the default job: {job}. Any "
+            "other option, or a --config recipe, starts from the defaults listed below instead.")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="neuroplast", description="Train neural networks that decide their own size.")
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser(
         "train", help="train a run (no options: the default job)",
-        description="With no options, or only --seed, --out, --threads, --device, --overwrite, "
-                    "--no-progress or --tensorboard, this runs the default job: MetaNet grows "
-                    "an MLP from 8 neurons on the bundled digits (30 epochs, lr 0.01, cosine). "
-                    "Any other option, or a --config recipe, starts from the defaults listed "
-                    "below instead.")
+        description=_default_job_text())
     _add_train_arguments(train)
     _add_distributed_arguments(train)
     resume = commands.add_parser("resume", help="continue an interrupted run")

@@ -97,16 +97,22 @@ def _check_run_dir(run_dir: Path, overwrite: bool) -> None:
         )
 
 
-def _clear_run_dir(run_dir: Path, remove_if_created: bool | None = None) -> None:
-    """Remove a run's files; then make the directory, or with ``remove_if_created=True``
-    remove it, if it is empty (it was made for this run)."""
+def _remove_run_files(run_dir: Path) -> None:
     for name in RUN_FILES:
         (run_dir / name).unlink(missing_ok=True)
     for name in RUN_DIRS:
         shutil.rmtree(run_dir / name, ignore_errors=True)
-    if remove_if_created is None:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    elif remove_if_created and run_dir.is_dir() and not any(run_dir.iterdir()):
+
+
+def _clear_run_dir(run_dir: Path) -> None:
+    _remove_run_files(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _discard_unstarted_run(run_dir: Path, created: bool) -> None:
+    """Undo a run that failed before its first checkpoint: nothing in it could be resumed."""
+    _remove_run_files(run_dir)
+    if created and run_dir.is_dir() and not any(run_dir.iterdir()):
         run_dir.rmdir()
 
 
@@ -161,7 +167,7 @@ def train_run(
         # A run that failed before its first checkpoint (bad data, an option only the model
         # can check, a missing package) has nothing to resume: leave the directory reusable.
         if is_main and not (run_dir / "checkpoint").exists():
-            _clear_run_dir(run_dir, remove_if_created=created)
+            _discard_unstarted_run(run_dir, created)
         raise
     return finish_run(config, trainer)
 
