@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import signal
 import sys
 from dataclasses import MISSING, fields
 from pathlib import Path
@@ -106,7 +107,7 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add("--widths", type=_int_list, default=s, help="starting hidden widths, e.g. 300,100")
     add("--val-fraction", type=float, default=s,
         help="share of the training data held out for validation, in (0, 1) (default: 5000 "
-             "examples for MNIST, Fashion-MNIST and CIFAR-10, 20 %% otherwise)")
+             "examples for MNIST, Fashion-MNIST and CIFAR-10, half for moons, 20 %% otherwise)")
     add("--no-standardise", dest="standardise", action="store_false", default=s,
         help="keep inputs as scaled (images in [0, 1]) instead of standardising them per "
              "channel, as NPN's reference MNIST scripts train")
@@ -316,7 +317,7 @@ def _train_or_resume(args: argparse.Namespace, argv: list[str]) -> int:
             raise  # main() reports it
         print(f"neuroplast: error: {error}", file=sys.stderr)
         exit_process(2)  # a normal teardown could wait on a peer that is gone
-    status = 0 if summary["stopped_early"] in (None, "interrupted") else 1
+    status = _exit_status(summary["stopped_early"])
     if distributed is None or distributed.is_main:
         _print_summary(run_dir, summary)
     if distributed is not None:
@@ -337,6 +338,18 @@ def _run_command(args: argparse.Namespace, argv: list[str], distributed):
     return summary, Path(args.run_dir)
 
 
+def _exit_status(stopped_early: str | None) -> int:
+    """0 for a finished run; for an interrupted one the shell's 128 + signal (130 Ctrl-C, 143
+    SIGTERM), so a scheduler or a `&&` chain sees the run did not finish; 1 otherwise."""
+    if stopped_early is None:
+        return 0
+    if stopped_early == "interrupted by SIGTERM":
+        return 128 + signal.SIGTERM
+    if stopped_early == "interrupted":
+        return 128 + signal.SIGINT
+    return 1
+
+
 def _print_summary(run_dir: Path, summary: dict[str, Any]) -> None:
     accuracy = summary["test_accuracy"]
     text = "n/a" if accuracy is None else f"{accuracy:.2%}"
@@ -346,7 +359,8 @@ def _print_summary(run_dir: Path, summary: dict[str, Any]) -> None:
           f"after {summary['epochs']} epochs, widths {widths[0]} -> {widths[1]}, "
           f"{'n/a' if summary['params'] is None else format(summary['params'], ',')} "
           f"parameters, {summary['train_seconds']:.1f}s")
-    print(f"report: {run_dir / 'report.md'}")
+    if (run_dir / "report.md").exists():  # a run stopped before its first checkpoint has none
+        print(f"report: {run_dir / 'report.md'}")
 
 
 if __name__ == "__main__":

@@ -123,6 +123,8 @@ def test_bad_val_fraction_and_misplaced_label_column() -> None:
         load_dataset("digits", val_fraction=0)
     with pytest.raises(DataError, match="holds out no example"):
         load_dataset("digits", val_fraction=1e-6)
+    with pytest.raises(DataError, match="without a validation or a training example"):
+        load_dataset("moons", val_fraction=0.0001)
     with pytest.raises(DataError, match="label_column"):
         load_dataset("moons", label_column="y")
 

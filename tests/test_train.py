@@ -10,6 +10,7 @@ import pytest
 import torch
 from run_helpers import InterruptAt, assert_same_run
 
+from neuroplast import cli
 from neuroplast.core.checkpoint import load_checkpoint
 from neuroplast.train import Callback
 from neuroplast.train.loop import TrainConfig
@@ -58,7 +59,9 @@ def test_a_real_ctrl_c_after_a_step_waits_for_the_batch_and_resume_is_exact(
     train_run(_config(tmp_path / "straight"))
     summary = train_run(_config(tmp_path / "cut"),
                         callbacks=[CtrlCAfterStep(epoch=3, batch=5, signal_number=signal_number)])
-    assert summary["stopped_early"] == "interrupted" and summary["epochs"] == 2
+    assert summary["epochs"] == 2
+    # the command line then exits as if killed by the signal (130 / 143): not finished
+    assert cli._exit_status(summary["stopped_early"]) == 128 + signal_number
     checkpoint = load_checkpoint(tmp_path / "cut" / "checkpoint")
     assert checkpoint.extra["position"]["batch"] == 5  # batches 1-5 applied, 6 next
     per_epoch = load_checkpoint(tmp_path / "straight" / "checkpoint").step // 4
@@ -66,6 +69,33 @@ def test_a_real_ctrl_c_after_a_step_waits_for_the_batch_and_resume_is_exact(
     assert "after 5 batches: saved" in capsys.readouterr().err  # shown without progress
     resume_run(tmp_path / "cut")
     assert_same_run(tmp_path / "straight", tmp_path / "cut")
+
+
+class RaiseAfterStep(Callback):
+    """A KeyboardInterrupt from elsewhere (another SIGINT handler, a library) after a step."""
+
+    def on_batch_end(self, trainer, loss):
+        if trainer.epoch == 2 and trainer.step % 36 == 5:
+            raise KeyboardInterrupt
+
+
+def test_an_interrupt_inside_a_batch_after_its_step_resumes_from_the_epoch_end(tmp_path, capsys):
+    train_run(_config(tmp_path / "straight"))
+    train_run(_config(tmp_path / "cut"), callbacks=[RaiseAfterStep()])
+    checkpoint = load_checkpoint(tmp_path / "cut" / "checkpoint")
+    assert checkpoint.epoch == 2 and checkpoint.extra["position"] is None  # not batch 5 again
+    assert "checkpoint of epoch 2 is kept" in capsys.readouterr().err
+    resume_run(tmp_path / "cut")
+    assert_same_run(tmp_path / "straight", tmp_path / "cut")
+
+
+def test_stopped_before_anything_was_saved_leaves_no_run_behind(tmp_path, capsys):
+    out = tmp_path / "run"
+    summary = train_run(_config(out), callbacks=[CtrlCAfterStep(epoch=1, batch=3, times=2)])
+    assert summary["stopped_early"] == "interrupted"
+    assert "nothing to resume" in capsys.readouterr().err
+    assert not out.exists()  # the same --out works again without --overwrite
+    assert train_run(_config(out, epochs=1))["epochs"] == 1
 
 
 def test_a_second_ctrl_c_stops_at_once_and_resumes_from_the_last_epoch(tmp_path, capsys):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import DataSplits
+from .base import DataError, DataSplits
 
 EMBED_DIM = 100
 NOISE_STD = 0.1
@@ -67,6 +67,10 @@ def load_moons(seed: int = 0, val_fraction: float | None = None) -> DataSplits:
         members = np.flatnonzero(pool_labels == cls)
         chosen = torch.randperm(len(members), generator=generator).numpy()
         is_val[members[chosen[: round(fraction * len(members))]]] = True
+    if not 0 < is_val.sum() < len(is_val):
+        raise DataError(f"a validation fraction of {fraction} leaves the moons pool of "
+                        f"{len(is_val)} points without a validation or a training example; "
+                        "use a fraction between 0.01 and 0.99")
 
     basis = moons_basis().double().numpy()
 

@@ -225,6 +225,8 @@ class Trainer:
         self.stop_training = False
         self.stopped_early: str | None = None
         self._position: dict[str, Any] | None = None  # set when resuming mid-epoch
+        self._saved: tuple[int, int | None] | None = None  # (epoch, batch) of the checkpoint
+        self._stop_signal: int | None = None
         self._logger = None
         self._ddp: nn.Module | None = None  # the DDP wrapper, rebuilt after every resize
         self._ddp_key: tuple | None = None
@@ -367,7 +369,7 @@ class Trainer:
         bar = tqdm(total=len(batches), initial=first, desc=f"epoch {epoch}/{self.config.epochs}",
                    disable=not self.config.progress, leave=False, dynamic_ncols=True,
                    mininterval=0.5)
-        index = first
+        done, steps_done = first, self.step  # batches fully applied, and the steps they took
         interrupt = _InterruptFlag()
         try:
             with _deferred_interrupt(interrupt, enabled=self.distributed is None):
@@ -379,19 +381,22 @@ class Trainer:
                     loss_sum += batch_loss
                     correct += batch_correct
                     seen += batch_seen
+                    done, steps_done = index + 1, self.step
                     if bar.disable is False and index % 10 == 0 and seen:
                         bar.set_postfix_str(
                             f"loss {loss_sum / seen:.4f} acc {correct.item() / seen:.3f} "
                             f"widths {self._width_text()}", refresh=False)
                     bar.update(1)
-                index = len(batches)
                 if interrupt.requested:  # during the epoch's last batch
                     raise KeyboardInterrupt
         except KeyboardInterrupt:
-            # A rank's partial sums are not the run's (DDP stops at the epoch's end), and a
-            # forced stop may land inside a batch: both resume from the last epoch's end.
-            if self.distributed is None and not interrupt.forced:
-                self._position = {"epoch_rng": epoch_rng, "batch": index, "seen": seen,
+            self._stop_signal = interrupt.signal_number
+            # Save the exact position only between batches: an interrupt raised inside one
+            # (a second signal, another handler's, a callback's) may follow its optimizer
+            # step, so that run resumes from the last epoch's end instead. A rank's partial
+            # sums are not the run's either (DDP stops at the epoch's end).
+            if self.distributed is None and self.step == steps_done:
+                self._position = {"epoch_rng": epoch_rng, "batch": done, "seen": seen,
                                   "loss_sum": loss_sum, "correct": correct.item()}
             raise
         finally:
@@ -553,23 +558,29 @@ class Trainer:
                 "with any number of ranks"
             ) from None
         except KeyboardInterrupt:
-            self.stopped_early = "interrupted"
-            if self.run_dir is None:
-                self._tell(f"interrupted in epoch {self.epoch + 1}")
-            elif self._position is not None:
+            # A preemption notice is told apart so the command line can exit as if killed by it.
+            self.stopped_early = ("interrupted by SIGTERM" if self._stop_signal == signal.SIGTERM
+                                  else "interrupted")
+            if self._position is not None:
                 self.save()
-                self._tell(f"interrupted in epoch {self.epoch + 1} after "
-                           f"{self._position['batch']} batches: saved; `neuroplast resume` "
-                           "continues from there")
-            elif self.epoch:
-                self._tell(f"interrupted: the checkpoint of epoch {self.epoch} is kept; "
-                           "`neuroplast resume` continues from it")
-            else:
-                self._tell("interrupted before the first epoch ended: nothing to resume")
+            self._tell(self._interrupted_message())
         finally:
             if self._logger is not None:
                 self._logger.close()
         return self.history
+
+    def _interrupted_message(self) -> str:
+        """What an interrupted run leaves to resume: said from the checkpoint really on disk."""
+        if self.run_dir is None:
+            return f"interrupted in epoch {self.epoch + 1}"
+        if self._saved is None:
+            return "interrupted before anything was saved: nothing to resume"
+        epoch, batch = self._saved
+        if batch is not None:
+            return (f"interrupted in epoch {epoch + 1} after {batch} batches: saved; "
+                    "`neuroplast resume` continues from there")
+        return (f"interrupted: the checkpoint of epoch {epoch} is kept; `neuroplast resume` "
+                "continues from it")
 
     def _say(self, text: str) -> None:
         if self.config.progress and self.is_main:
@@ -606,11 +617,14 @@ class Trainer:
             "history": self.history,
             "position": self._position,
         }
-        return save_checkpoint(
+        path = save_checkpoint(
             target, self.model, self.optimizer, self.scheduler, epoch=self.epoch,
             step=self.step, method_state=self.method.state_dict(), extra=extra,
             generators={"data": self.data_generator},
         )
+        if target == self.checkpoint_dir:
+            self._saved = (self.epoch, (self._position or {}).get("batch"))
+        return path
 
     def restore(self, directory: str | os.PathLike) -> Checkpoint:
         """Continue from a checkpoint: widths, weights, optimizer, scheduler, RNG, policy state."""
@@ -629,6 +643,7 @@ class Trainer:
         self.initial_widths = extra["initial_widths"]
         self.history = extra["history"]
         self._position = extra.get("position")
+        self._saved = (self.epoch, (self._position or {}).get("batch"))
         checkpoint.restore_rng({"data": self.data_generator})
         return checkpoint
 
@@ -644,7 +659,7 @@ def _communication_failed(error: RuntimeError) -> bool:
 
 class _InterruptFlag:
     requested = False  # Ctrl-C pressed: stop before the next batch
-    forced = False  # pressed twice: stopped inside a batch
+    signal_number: int | None = None  # which signal asked
 
 
 @contextlib.contextmanager
@@ -665,10 +680,9 @@ def _deferred_interrupt(flag: _InterruptFlag, enabled: bool) -> Iterator[None]:
     held = [number for number, default in defaults.items() if previous[number] is default]
 
     def hold(signum, frame) -> None:
-        if flag.requested:
-            flag.forced = True
+        if flag.requested:  # a second signal: stop now, even inside a batch
             raise KeyboardInterrupt
-        flag.requested = True
+        flag.requested, flag.signal_number = True, signum
 
     for number in held:
         signal.signal(number, hold)

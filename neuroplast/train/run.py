@@ -169,7 +169,10 @@ def train_run(
         if is_main and not (run_dir / "checkpoint").exists():
             _discard_unstarted_run(run_dir, created)
         raise
-    return finish_run(config, trainer)
+    summary = finish_run(config, trainer)
+    if is_main and not (run_dir / "checkpoint").exists():  # stopped before anything was saved
+        _discard_unstarted_run(run_dir, created)
+    return summary
 
 
 def read_config(run_dir: str | Path) -> RunConfig:
