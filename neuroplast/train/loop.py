@@ -544,8 +544,9 @@ class Trainer:
             self.save()  # what on_train_end changed (a final compaction) is kept too
         except TrainingDiverged as error:
             self.stopped_early = f"diverged: {error}"
-            kept = (f"The last good checkpoint (epoch {self.epoch}) is kept." if self.epoch
-                    else "No epoch finished, so there is no checkpoint to resume.")
+            kept = ("No epoch finished, so there is no checkpoint to resume."
+                    if self._saved is None or self.run_dir is None else
+                    f"The last good checkpoint (epoch {self._saved[0]}) is kept.")
             self._tell(f"training stopped: {error}. {kept}")
         except RuntimeError as error:
             if (self.distributed is None or isinstance(error, DistributedError)
