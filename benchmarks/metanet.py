@@ -59,10 +59,12 @@ class Experiment:
     seed: int
     method: str = "fixed"
     options: dict[str, Any] = field(default_factory=dict)
+    activation: str = "relu"
 
     @property
     def key(self) -> str:
-        return f"metanet-{self.dataset}-{self.name}-e{self.epochs}-s{self.seed}"
+        grid = "" if self.activation == "relu" else f"{self.activation}-"
+        return f"metanet-{self.dataset}-{grid}{self.name}-e{self.epochs}-s{self.seed}"
 
     def command(self, data_dir: str, runs_dir: str, threads: int) -> list[str]:
         """The ``neuroplast train`` arguments that reproduce this run."""
@@ -71,6 +73,8 @@ class Experiment:
                 "--epochs", str(self.epochs), "--batch-size", str(BATCH_SIZE),
                 "--seed", str(self.seed), "--threads", str(threads), "--no-progress",
                 "--out", f"{runs_dir}/{self.key}", "--overwrite"]
+        if self.activation != "relu":
+            args += ["--activation", self.activation]
         for option, value in self.options.items():
             flag = f"--metanet-{option.replace('_', '-')}"
             if isinstance(value, bool):
@@ -80,20 +84,26 @@ class Experiment:
         return args
 
 
-def grid(full: bool, datasets: list[str], seeds: list[int], epochs: int) -> list[Experiment]:
-    """The experiments of the quick or the full grid."""
+def grid(full: bool, datasets: list[str], seeds: list[int], epochs: int,
+         activation: str = "relu") -> list[Experiment]:
+    """The experiments of the quick or the full grid (with a smooth activation, splitting too)."""
     widths = [8 * 2**i for i in range(9)] if full else [8, 32, 128, 512]
-    growth = PROLIFERATIONS if full else ("division",)
+    proliferations = PROLIFERATIONS + (() if activation == "relu" else ("splitting",))
+    growth = proliferations if full else ("division",)
     runs: list[tuple[str, int, str, dict[str, Any]]] = [
         (f"fixed-{width}", width, "fixed", {}) for width in widths]
     runs += [(f"growth-{p}-from8", 8, "metanet", {"proliferation": p, "autophagy": False})
              for p in growth]
-    for p in PROLIFERATIONS:
+    for p in proliferations:
         runs += [(f"metanet-{p}-from{start}", start, "metanet", {"proliferation": p})
                  for start in (8, 1024)]
     runs.append(("autophagy-from1024", 1024, "metanet", {"proliferation": "none"}))
-    return [Experiment(dataset, name, width, epochs, seed, method, options)
+    return [Experiment(dataset, name, width, epochs, seed, method, options, activation)
             for dataset in datasets for seed in seeds for name, width, method, options in runs]
+
+
+class InterruptedRun(RuntimeError):
+    """A run of the grid was stopped by Ctrl-C or SIGTERM before its budget ended."""
 
 
 def run_experiment(experiment: Experiment, data_dir: str, runs_dir: str, threads: int,
@@ -109,6 +119,10 @@ def run_experiment(experiment: Experiment, data_dir: str, runs_dir: str, threads
     started = time.perf_counter()
     summary = run.train_run(config)
     wall = time.perf_counter() - started
+    if str(summary["stopped_early"] or "").startswith("interrupted"):
+        # A row's file marks the experiment done: an interrupted run must not leave one.
+        raise InterruptedRun(f"{experiment.key} was {summary['stopped_early']}: no row written "
+                             "(run the grid again to redo it)")
     rows = [json.loads(line) for line in
             (Path(config.run_dir()) / "metrics.jsonl").read_text().splitlines()]
     widths, width, neuron_epochs = [], experiment.width, 0
@@ -122,6 +136,7 @@ def run_experiment(experiment: Experiment, data_dir: str, runs_dir: str, threads
         "experiment": experiment.name,
         "method": experiment.method,
         "options": experiment.options,
+        "activation": experiment.activation,
         "seed": experiment.seed,
         "start_width": experiment.width,
         "final_width": summary["final_widths"][0],
@@ -219,7 +234,7 @@ def summarise(rows: list[dict[str, Any]]) -> str:
                 f"{' / '.join(str(w) for w in s['widths'])} | {s['params']:,.0f} | "
                 f"{s['ne']:,.0f} | {goal} | {cheaper} |")
         pairs = []
-        for method in PROLIFERATIONS:
+        for method in PROLIFERATIONS + ("splitting",):
             small, large = (stats.get(f"metanet-{method}-from{start}") for start in (8, 1024))
             if small and large:
                 ratio = min(small["width"], large["width"]) / max(small["width"], large["width"])
@@ -322,6 +337,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                              "comma-separated texts (e.g. fixed-512,metanet-division)")
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (1 thread each)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    parser.add_argument("--activation", default="relu",
+                        help="hidden activation (default relu); another one (tanh, sigmoid, "
+                             "gelu) is its own grid and adds MetaNet's splitting")
     parser.add_argument("--out-dir", default=str(RESULTS), help="where the JSON rows go")
     parser.add_argument("--runs-dir", default="/tmp/neuroplast-bench-metanet",
                         help="run directories (checkpoints, reports)")
@@ -345,7 +363,8 @@ def main(argv: list[str] | None = None) -> int:
     def chosen(experiment: Experiment) -> bool:
         return only is None or any(text in experiment.name for text in only)
 
-    experiments = [e for e in grid(args.full, datasets, seeds, args.epochs) if chosen(e)]
+    experiments = [e for e in grid(args.full, datasets, seeds, args.epochs, args.activation)
+                   if chosen(e)]
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     todo = [e for e in experiments if not (out_dir / f"{e.key}.json").exists()]
@@ -359,19 +378,26 @@ def main(argv: list[str] | None = None) -> int:
             futures = {pool.submit(run_experiment, e, dirs[e.dataset], args.runs_dir,
                                    args.threads, str(out_dir)): e for e in todo}
             for future, experiment in futures.items():
-                row = future.result()
+                try:
+                    row = future.result()
+                except InterruptedRun as stopped:
+                    print(f"stopped: {stopped}", file=sys.stderr, flush=True)
+                    pool.shutdown(cancel_futures=True)
+                    return 130
                 print(f"{experiment.key}: test {row['test_accuracy']:.2%}, width "
                       f"{row['start_width']} -> {row['final_width']}, "
                       f"{row['neuron_epochs']:,} neuron-epochs, {row['train_seconds']:.0f}s",
                       flush=True)
     # The summary covers every data set of the grid done so far, whichever ran this time.
-    done = [e for e in grid(args.full, list(DATA_DIRS), seeds, args.epochs)
+    done = [e for e in grid(args.full, list(DATA_DIRS), seeds, args.epochs, args.activation)
             if chosen(e) and (out_dir / f"{e.key}.json").exists()]
     rows = [json.loads((out_dir / f"{e.key}.json").read_text()) for e in done]
     # Another epoch budget is another grid: its own summary beside the 20-epoch one.
     grid_name = "full" if args.full else "quick"
     if args.epochs != 20:
         grid_name += f"-e{args.epochs}"
+    if args.activation != "relu":
+        grid_name += f"-{args.activation}"
     summary = {"grid": grid_name, "epochs": args.epochs, "batch_size": BATCH_SIZE,
                "python": sys.version.split()[0], "rows": rows}
     (out_dir / f"metanet-{grid_name}.json").write_text(json.dumps(summary, indent=1))

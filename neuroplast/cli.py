@@ -25,6 +25,7 @@ from .distributed import DistributedError
 from .export import ExportError
 from .methods import METHODS, method_fields
 from .models import MODELS
+from .models.mlp import ACTIVATIONS
 from .train.loop import OPTIMIZERS, SCHEDULERS, TrainConfig
 from .train.run import RunConfig, RunDirectoryError
 
@@ -105,6 +106,9 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add("--dataset", default=s, help=f"data set: {', '.join(DATASETS)} (default digits)")
     add("--data-dir", default=s, help="directory (or file) holding the data set's files")
     add("--widths", type=_int_list, default=s, help="starting hidden widths, e.g. 300,100")
+    add("--activation", default=s,
+        help=f"hidden activation of the mlp and lenet300 models: {', '.join(ACTIVATIONS)} "
+             "(default relu; MetaNet's splitting needs a smooth one)")
     add("--val-fraction", type=float, default=s,
         help="share of the training data held out for validation, in (0, 1) (default: 5000 "
              "examples for MNIST, Fashion-MNIST and CIFAR-10, half for moons, 20 %% otherwise)")

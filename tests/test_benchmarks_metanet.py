@@ -6,7 +6,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.metanet import main  # noqa: E402
+import pytest  # noqa: E402
+
+from benchmarks.metanet import Experiment, InterruptedRun, main, run_experiment  # noqa: E402
+from neuroplast.train import run  # noqa: E402
 
 
 def _row(name, width, seed, losses, accuracy):
@@ -36,3 +39,18 @@ def test_only_takes_several_names_and_the_val_loss_view_reads_the_rows(tmp_path)
     assert "| 8 | 2 | 0.2500 | 2 | 0.3250 | 91.00 |" in table
     assert "| 16 | 1 | 0.1000 | 2 | 0.3000 | 95.00 |" in table
     assert "| 32 |" not in table
+
+
+def test_an_interrupted_run_writes_no_row(tmp_path, monkeypatch):
+    # The row's file marks an experiment done: a SIGTERM'd run must not be skipped next time.
+    def interrupted(config):
+        (Path(config.run_dir())).mkdir(parents=True)
+        (Path(config.run_dir()) / "metrics.jsonl").write_text("")
+        return {"stopped_early": "interrupted by SIGTERM", "final_widths": [8], "epochs": 0,
+                "test_accuracy": 0.5, "val_accuracy": 0.5, "params": 1, "train_seconds": 1.0}
+
+    monkeypatch.setattr(run, "train_run", interrupted)
+    experiment = Experiment("mnist", "fixed-8", 8, 20, 0)
+    with pytest.raises(InterruptedRun, match="interrupted by SIGTERM: no row written"):
+        run_experiment(experiment, "data", str(tmp_path / "runs"), 1, str(tmp_path))
+    assert not list(tmp_path.glob("*.json"))

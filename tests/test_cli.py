@@ -62,6 +62,10 @@ def test_a_recipe_option_of_another_method_names_the_method(tmp_path, capsys):
         (["--val-fraction", "0"], "val_fraction must be a number in (0, 1)"),
         (["--lr", "0"], "learning rate must be a positive number"),
         (["--threads", "0"], "threads must be >= 1"),
+        (["--activation", "swish"], "unknown activation 'swish'; choose one of"),
+        (["--model", "resnet20", "--activation", "tanh"], "--activation applies to the models"),
+        (["--method", "metanet", "--metanet-proliferation", "splitting"],
+         "splitting needs an activation with a second derivative (--activation tanh"),
         (["--dataset", "mnist", "--data-dir", "/nonexistent/mnist"], "train-images-idx3-ubyte"),
     ],
 )

@@ -24,8 +24,10 @@ BUSY = {"trigger": "schedule", "schedule_cycles": 3, "growth_fraction": 0.5, "gr
 
 def _config(out, proliferation="division", epochs=6, **options):
     method_options = {**BUSY, "proliferation": proliferation, **options}
+    # Splitting needs a smooth activation (ReLU's splitting matrices are all zero).
+    activation = "tanh" if proliferation == "splitting" else None
     return RunConfig(method="metanet", model="mlp", dataset="digits", widths=[8], out=str(out),
-                     method_options=method_options,
+                     activation=activation, method_options=method_options,
                      train=TrainConfig(epochs=epochs, batch_size=64, seed=5, progress=False,
                                        threads=1))
 
@@ -34,7 +36,7 @@ def _events(run_dir):
     return [event for row in epoch_metrics(run_dir) for event in row["events"]]
 
 
-@pytest.mark.parametrize("proliferation", ["division", "random", "gradient"])
+@pytest.mark.parametrize("proliferation", ["division", "random", "gradient", "splitting"])
 def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tmp_path, proliferation):
     straight = train_run(_config(tmp_path / "straight", proliferation))
     events = _events(tmp_path / "straight")

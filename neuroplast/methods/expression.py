@@ -25,7 +25,7 @@ from ..core.resize import prune_units
 
 # Modules whose output is the same units as their input but that do not define the unit's
 # value as the consumer sees it in expectation (dropout) or at all (identity, flatten).
-_SKIPPED = (nn.Dropout, nn.Identity, nn.Flatten)
+PASS_THROUGH = (nn.Dropout, nn.Identity, nn.Flatten)
 
 
 def dense_group(model: nn.Module, layer: str) -> UnitGroup:
@@ -54,7 +54,7 @@ def feature_module(group: UnitGroup) -> nn.Module:
     skipped: inverted dropout keeps the expectation), or the producer itself when there is none.
     """
     for _, module in reversed(group.path):
-        if not isinstance(module, _SKIPPED):
+        if not isinstance(module, PASS_THROUGH):
             return module
     return group.producer
 

@@ -13,7 +13,8 @@ Only the paper's abstract is available, so this is a reconstruction faithful to 
    for ``protect_cycles`` cycles, at most ``max_removal`` of a layer goes per cycle, never below
    ``min_width``, and the removed units' mean contribution is folded into the next layer's bias;
 3. **proliferation** when the growth trigger fires: ``max(growth_min, growth_fraction x
-   width)`` units by random birth, division or gradient-guided birth. The plateau trigger fires
+   width)`` units by random birth, division, gradient-guided birth or splitting steepest
+   descent. The plateau trigger fires
    when the cycle did not improve the best validation loss by ``plateau_threshold`` (relative)
    and by ``significance`` standard errors of that loss, unless the network is memorising
    (validation worse while training still improves by more than that), the last growth has not
@@ -49,12 +50,19 @@ from .expression import (
     select_autophagy,
     under_expressed,
 )
-from .proliferation import divide, gradient_birth, random_birth, warm_second_moments
+from .proliferation import (
+    divide,
+    gradient_birth,
+    random_birth,
+    splitting_activation,
+    steepest_split,
+    warm_second_moments,
+)
 
 if TYPE_CHECKING:
     from ..train.loop import Trainer
 
-PROLIFERATIONS = ("division", "random", "gradient", "none")
+PROLIFERATIONS = ("division", "random", "gradient", "splitting", "none")
 TRIGGERS = ("plateau", "schedule")
 PHASES = ("metabolism", "finetune", "done")
 
@@ -76,7 +84,8 @@ class MetaNet(Method):
 
     proliferation: str = option(
         "division", "how neurons are born: division (a copy of an expressed parent), random, "
-                    "gradient (GradMax-like) or none (autophagy only)")
+                    "gradient (GradMax-like), splitting (splitting steepest descent; needs a "
+                    "smooth activation such as --activation tanh) or none (autophagy only)")
     autophagy: bool = option(True, "remove under-expressed neurons")
     layers: str = option(
         "first", "which hidden layers metabolise: first, all, or names like fc1,fc2")
@@ -107,7 +116,11 @@ class MetaNet(Method):
         0.1, "gradient birth: bias of new units, in stds of the layer's pre-activations, so "
              "ReLU passes their fan-in gradient (absorbed by the next bias: outputs unchanged)")
     gradient_samples: int = option(
-        1024, "gradient birth: training samples the gradient direction is estimated on")
+        1024, "gradient birth and splitting: training samples the gradient direction or the "
+              "splitting matrices are estimated on")
+    split_step: float = option(
+        0.05, "splitting: the two copies move this fraction of the parent's fan-in norm apart "
+              "from it, each way along the split direction")
     autophagy_threshold: float = option(
         0.3, "a neuron is under-expressed below this fraction of its layer's mean expression")
     dead_fraction: float = option(
@@ -198,7 +211,7 @@ class MetaNet(Method):
                             ("finetune_epochs", 0)):
             integer(name, low)
         for name in ("plateau_threshold", "payoff_threshold", "significance", "recovery",
-                     "growth_fraction", "division_noise", "birth_fanout_std",
+                     "growth_fraction", "division_noise", "birth_fanout_std", "split_step",
                      "autophagy_threshold"):
             if number(name) < 0:
                 fail(name, "must be >= 0")
@@ -217,6 +230,8 @@ class MetaNet(Method):
             raise ValueError("metanet found no resizable hidden layer in this model")
         for name in names:
             dense_group(model, name)  # clear error for conv layers
+            if self.proliferation == "splitting":
+                splitting_activation(model, name)  # clear error for ReLU, before training
         return names
 
     # ------------------------------------------------------------------ hooks
@@ -424,8 +439,8 @@ class MetaNet(Method):
         width = self._width(layer)
         n = max(self.growth_min, math.ceil(self.growth_fraction * width))
         n = min(n, self.max_width - width)
-        if self.proliferation == "division":
-            n = min(n, width)
+        if self.proliferation in ("division", "splitting"):
+            n = min(n, width)  # each unit divides at most once per event
         if n <= 0:
             return False
         model, optimizer = trainer.model, trainer.optimizer
@@ -435,14 +450,21 @@ class MetaNet(Method):
         elif self.proliferation == "random":
             group = random_birth(model, layer, n, fanout_std=self.birth_fanout_std,
                                  optimizer=optimizer, generator=generator)
+        elif self.proliferation == "splitting":
+            inputs, targets = self._sample(trainer, generator)
+            group, parents = steepest_split(model, layer, n, inputs=inputs, targets=targets,
+                                            step=self.split_step, optimizer=optimizer)
+            if parents.numel() == 0:
+                trainer.log_event(f"proliferation (splitting): no unit of {layer} has a split "
+                                  "that lowers the loss")
+                return False
+            n = parents.numel()
         else:
-            data = trainer.data
-            count = min(self.gradient_samples, len(data.y_train))
-            index = torch.randperm(len(data.y_train), generator=generator)[:count]
-            group = gradient_birth(model, layer, n, inputs=data.x_train[index],
-                                   targets=data.y_train[index], eps=self.gradient_eps,
-                                   optimizer=optimizer, generator=generator)
-        if self.warm_moments and self.proliferation != "division":
+            inputs, targets = self._sample(trainer, generator)
+            group = gradient_birth(model, layer, n, inputs=inputs, targets=targets,
+                                   eps=self.gradient_eps, optimizer=optimizer,
+                                   generator=generator)
+        if self.warm_moments and self.proliferation in ("random", "gradient"):
             warm_second_moments(model, layer, width, optimizer)
         units = self._units[layer]
         units["age"] = torch.cat([units["age"], torch.zeros(n, dtype=torch.long)])
@@ -452,6 +474,15 @@ class MetaNet(Method):
         self._epoch_births += n
         trainer.log_event(f"proliferation ({self.proliferation}): {layer} +{n} to {group.width}")
         return True
+
+    def _sample(
+        self, trainer: Trainer, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``gradient_samples`` training examples, drawn from the cycle's generator."""
+        data = trainer.data
+        count = min(self.gradient_samples, len(data.y_train))
+        index = torch.randperm(len(data.y_train), generator=generator)[:count]
+        return data.x_train[index], data.y_train[index]
 
     # ------------------------------------------------------------------ reporting and state
     def metrics(self, trainer: Trainer) -> dict[str, float]:

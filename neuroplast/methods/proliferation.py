@@ -1,4 +1,4 @@
-"""Neuron proliferation for MetaNet: three ways to add units to a fully connected layer.
+"""Neuron proliferation for MetaNet: four ways to add units to a fully connected layer.
 
 - :func:`random_birth`: fresh fan-in (PyTorch's default init), zero (or tiny random) fan-out,
   so the network computes the same function the moment the units appear.
@@ -8,6 +8,10 @@
 - :func:`gradient_birth`: GradMax-like. Zero fan-in, fan-out along the top left singular vectors
   of ``G = sum_n delta_n x_n^T`` (back-propagated gradient at the consumer's output times the
   layer's input), the directions that give the new fan-in the largest gradient.
+- :func:`steepest_split`: splitting steepest descent (Liu et al., 2019). Division whose two
+  copies move apart along the eigenvector of the unit's *splitting matrix* with the most
+  negative eigenvalue, the split that lowers the loss fastest (to second order). It needs a
+  smooth activation: ReLU's second derivative is zero, and so is every splitting matrix.
 
 ReLU and gradient-guided birth: with a zero fan-in the pre-activation is 0, where ReLU's
 derivative is 0, so the new fan-in would never receive a gradient. Here the new units get a
@@ -35,7 +39,7 @@ from torch import nn
 from ..core.groups import UnitGroup
 from ..core.optim import OptimizerArg, as_optimizer_list
 from ..core.resize import grow_units, split_units
-from .expression import dense_group
+from .expression import PASS_THROUGH, dense_group
 
 
 def warm_second_moments(
@@ -250,3 +254,169 @@ def gradient_birth(
         shift = fan_out.double() @ constant[0].double().cpu()
         group.consumer.bias -= shift.to(group.consumer.bias.device, weight.dtype)
     return group
+
+
+def splitting_eigen(
+    model: nn.Module,
+    layer: str,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    rank: int = 128,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each unit's most negative splitting eigenvalue and its direction (Liu et al., 2019).
+
+    Unit ``j`` with parameters ``theta_j = [w_j, b_j]`` (fan-in and bias) has the *splitting
+    matrix* ``S_j = sum_n dL/dh_nj * act''(z_nj) * x~_n x~_n^T``, ``x~ = [x, 1]``, for the mean
+    cross-entropy ``L`` on ``(inputs, targets)`` (``z`` the pre-activation, ``h`` the
+    activation). Replacing the unit by two copies with half its fan-out each and parameters
+    ``theta_j +- eps * v`` changes the loss by ``eps^2 / 2 * v^T S_j v + O(eps^4)``: the first
+    order cancels, so a split lowers the loss exactly when ``S_j`` has a negative eigenvalue,
+    fastest along its eigenvector.
+
+    ``S_j`` is restricted to the top ``rank`` principal directions of ``x~`` on these inputs
+    (exact when ``rank`` covers them all), so the work is one ``rank x rank`` eigenproblem per
+    unit, not one of the fan-in's size. Returns ``(eigenvalues, directions)``, shaped
+    ``(width,)`` and ``(width, fan_in + 1)`` (the last column is the bias; unit norm), on the CPU
+    in float64. The model runs in eval mode; no parameter's ``.grad`` is touched.
+    """
+    group = dense_group(model, layer)
+    activation = splitting_activation(model, layer)
+    captured: dict[str, torch.Tensor] = {}
+
+    def take_pre_activation(module, args, output):
+        captured["x"], captured["z"] = args[0].detach(), output.detach()
+
+    def take_activation(module, args, output):
+        captured["h"] = output
+
+    handles = [group.producer.register_forward_hook(take_pre_activation),
+               activation.register_forward_hook(take_activation)]
+    was_training = model.training
+    model.eval()
+    try:
+        device = group.producer.weight.device
+        with torch.enable_grad():
+            loss = F.cross_entropy(model(inputs.to(device)), targets.to(device))
+            (sensitivity,) = torch.autograd.grad(loss, captured["h"])
+            curvature = _second_derivative(activation, captured["z"])
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    if not curvature.any():
+        raise ValueError(_flat_activation(layer, activation))
+    weights = (sensitivity * curvature).reshape(len(inputs), -1).double().cpu()  # N x width
+    x = captured["x"].reshape(len(inputs), -1).double().cpu()
+    if group.producer.bias is not None:
+        x = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)
+    # x = U diag(s) V^T: S_j = V (A^T diag(c_j) A) V^T with A = U diag(s), kept to the top ranks.
+    u, s, vh = torch.linalg.svd(x, full_matrices=False)
+    keep = min(rank, int((s > s[0] * 1e-9).sum())) if s.numel() and s[0] > 0 else 0
+    if keep == 0:
+        raise ValueError(f"layer '{layer}' saw only zero inputs: no split direction exists")
+    a, basis = u[:, :keep] * s[:keep], vh[:keep].T  # N x r, (fan_in + 1) x r
+    # Every unit's A^T diag(c_j) A at once: one product with the samples' outer products
+    # a_n a_n^T (upper triangles), then eigenproblems in chunks that bound the memory.
+    upper = torch.triu_indices(keep, keep)
+    outer = a[:, upper[0]] * a[:, upper[1]]  # N x r(r+1)/2
+    values, directions = [], []
+    for chunk in weights.T.split(256):
+        matrices = chunk.new_zeros(len(chunk), keep, keep)
+        entries = chunk @ outer
+        matrices[:, upper[0], upper[1]] = entries
+        matrices[:, upper[1], upper[0]] = entries
+        eigenvalues, eigenvectors = torch.linalg.eigh(matrices)
+        values.append(eigenvalues[:, 0])
+        directions.append(eigenvectors[:, :, 0] @ basis.T)
+    directions = torch.cat(directions)
+    if group.producer.bias is None:  # keep the documented shape: a zero bias component
+        directions = torch.cat([directions, directions.new_zeros(len(directions), 1)], dim=1)
+    return torch.cat(values), directions
+
+
+def steepest_split(
+    model: nn.Module,
+    layer: str,
+    n: int,
+    *,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    step: float = 0.05,
+    rank: int = 128,
+    optimizer: OptimizerArg = None,
+) -> tuple[UnitGroup, torch.Tensor]:
+    """Splitting steepest descent: split the ``n`` units with the most negative splitting
+    eigenvalue (see :func:`splitting_eigen`) into two copies with half the fan-out each.
+
+    The parent moves to ``theta + step * |theta| * v`` and its copy to
+    ``theta - step * |theta| * v`` (``v`` its eigenvector, ``theta`` fan-in and bias), so the
+    loss on ``(inputs, targets)`` falls by about ``step^2 |theta|^2 |lambda| / 2`` per split.
+    Units whose eigenvalue is not negative are never split (a split would raise the loss), so
+    fewer than ``n`` (or no) units may divide. Returns the group and the parents' indices.
+    """
+    group = dense_group(model, layer)
+    if not 1 <= n <= group.width:
+        raise ValueError(f"splitting layer '{layer}' needs 1..{group.width} units, got {n}")
+    values, directions = splitting_eigen(model, layer, inputs, targets, rank=rank)
+    order = torch.argsort(values, stable=True)
+    parents = order[values[order] < 0][:n].sort().values
+    if parents.numel() == 0:
+        return group, parents
+    width = group.width
+    group = split_units(model, layer, parents, optimizer=optimizer)
+    producer = group.producer
+    with torch.no_grad():
+        weight = producer.weight
+        theta = weight[parents].double().cpu()
+        if producer.bias is not None:
+            theta = torch.cat([theta, producer.bias[parents].double().cpu()[:, None]], dim=1)
+        else:
+            theta = torch.cat([theta, theta.new_zeros(len(theta), 1)], dim=1)
+        shift = step * theta.norm(dim=1, keepdim=True) * directions[parents]
+        copies = torch.arange(width, width + parents.numel())
+        for rows, sign in ((parents, 1.0), (copies, -1.0)):
+            rows = rows.to(weight.device)
+            weight[rows] += sign * shift[:, :-1].to(weight.device, weight.dtype)
+            if producer.bias is not None:
+                producer.bias[rows] += sign * shift[:, -1].to(weight.device, weight.dtype)
+    return group, parents
+
+
+def splitting_activation(model: nn.Module, layer: str) -> nn.Module:
+    """The activation module a split of ``layer`` acts through, checked to be splittable.
+
+    Splitting needs the Linear to feed one elementwise activation straight into its consumer
+    (no BatchNorm, whose batch statistics a split would change) whose second derivative is not
+    zero everywhere (ReLU's is: every splitting matrix would be zero).
+    """
+    group = dense_group(model, layer)
+    steps = [module for _, module in group.path if not isinstance(module, PASS_THROUGH)]
+    if len(steps) != 1 or isinstance(steps[0], nn.modules.batchnorm._BatchNorm):
+        names = [type(module).__name__ for _, module in group.path]
+        raise ValueError(f"splitting needs layer '{layer}' to feed one activation function "
+                         f"straight into '{group.consumer_name}', but it passes {names}; use "
+                         "division")
+    activation = steps[0]
+    probe = torch.linspace(-4, 4, 81, dtype=group.producer.weight.dtype)
+    if not _second_derivative(activation, probe).any():
+        raise ValueError(_flat_activation(layer, activation))
+    return activation
+
+
+def _flat_activation(layer: str, activation: nn.Module) -> str:
+    return (f"splitting needs an activation with a second derivative (--activation tanh, "
+            f"sigmoid or gelu); layer '{layer}' uses {type(activation).__name__}, whose second "
+            "derivative is zero, so no split can lower the loss: use division")
+
+
+def _second_derivative(activation: nn.Module, z: torch.Tensor) -> torch.Tensor:
+    """``act''(z)`` elementwise, by differentiating the activation twice (zero where it is
+    piecewise linear, as ReLU)."""
+    z = z.detach().requires_grad_(True)
+    with torch.enable_grad():
+        (first,) = torch.autograd.grad(activation(z).sum(), z, create_graph=True)
+        if not first.requires_grad:  # piecewise linear: the derivative is constant in z
+            return torch.zeros_like(z)
+        (second,) = torch.autograd.grad(first.sum(), z, allow_unused=True)
+    return torch.zeros_like(z) if second is None else second.detach()

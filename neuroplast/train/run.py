@@ -37,6 +37,9 @@ RUN_FILES = (CONFIG_FILE, SUMMARY_FILE, "metrics.jsonl", "report.md", "widths.pn
 RUN_DIRS = ("checkpoint", "tensorboard")
 
 
+ACTIVATION_MODELS = ("mlp", "lenet300")  # the models whose activation can be chosen
+
+
 class RunDirectoryError(ValueError):
     """The output directory holds another run, or is not a run directory."""
 
@@ -50,6 +53,7 @@ class RunConfig:
     dataset: str = "digits"
     data_dir: str | None = None
     widths: list[int] | None = None
+    activation: str | None = None  # the hidden layers' activation (mlp and lenet300 only)
     val_fraction: float | None = None
     standardise: bool = True  # False: inputs as scaled (images in [0, 1]), not standardised
     out: str | None = None
@@ -128,7 +132,14 @@ def _build(
     seed_everything(config.train.seed)
     data = load_dataset(config.dataset, config.data_dir, seed=config.train.seed,
                         val_fraction=config.val_fraction, standardise=config.standardise)
-    options = {"widths": list(config.widths)} if config.widths is not None else {}
+    options: dict[str, Any] = {}
+    if config.widths is not None:
+        options["widths"] = list(config.widths)
+    if config.activation is not None:
+        if config.model not in ACTIVATION_MODELS:
+            raise ValueError(f"--activation applies to the models {', '.join(ACTIVATION_MODELS)}"
+                             f" (their hidden layers); {config.model} has fixed activations")
+        options["activation"] = config.activation
     model = build_model(config.model, data.input_shape, data.num_classes, **options)
     method = build_method(config.method, config.method_options)
     trainer = Trainer(model, data, method, config.train, run_dir=config.run_dir(),
