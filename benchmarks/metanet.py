@@ -21,6 +21,10 @@ Experiments per data set:
 - ``growth-<p>-from8``: proliferation ``p`` only (no autophagy) from 8 (quick: division);
 - ``metanet-<p>-from8`` / ``metanet-<p>-from1024``: full MetaNet, each proliferation method;
 - ``autophagy-from1024``: autophagy only.
+
+``--activation tanh`` (or sigmoid, gelu) runs the same grid with that hidden activation as
+its own grid (``metanet-<dataset>-tanh-...`` rows, ``metanet-quick-tanh.json``), adding
+``splitting`` (splitting steepest descent), which needs a smooth activation.
 """
 
 from __future__ import annotations
