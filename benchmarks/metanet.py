@@ -41,6 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from neuroplast.models.mlp import ACTIVATIONS
+
 RESULTS = Path("benchmarks/results")
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared beside the repo
 DATA_DIRS = {
@@ -341,7 +343,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                              "comma-separated texts (e.g. fixed-512,metanet-division)")
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (1 thread each)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
-    parser.add_argument("--activation", default="relu",
+    parser.add_argument("--activation", default="relu", choices=ACTIVATIONS,
                         help="hidden activation (default relu); another one (tanh, sigmoid, "
                              "gelu) is its own grid and adds MetaNet's splitting")
     parser.add_argument("--out-dir", default=str(RESULTS), help="where the JSON rows go")

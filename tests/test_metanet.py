@@ -473,6 +473,7 @@ def test_metabolism_metabolises_every_hidden_layer_with_layers_all():
         ({"min_width": 64, "max_width": 32}, "--metanet-min-width must not exceed"),
         ({"plateau_threshold": float("nan")}, "--metanet-plateau-threshold must be a number"),
         ({"gradient_eps": 0.0}, "--metanet-gradient-eps must be a positive number"),
+        ({"split_step": 0.0}, "--metanet-split-step must be a positive number"),
         ({"autophagy": "yes"}, "--metanet-autophagy must be true or false"),
         ({"growth_min": 2.5}, "--metanet-growth-min must be an integer >= 1"),
         ({"layers": " "}, "--metanet-layers must be"),

@@ -6,10 +6,14 @@ one d x d matrix per unit), and a split's effect is measured by running the netw
 """
 
 import copy
+from collections import OrderedDict
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from test_metanet import _fake_trainer, _script
+from torch import nn
 
 from neuroplast import build_model, layer_widths
 from neuroplast.core.resize import split_units
@@ -67,12 +71,55 @@ def test_splitting_eigen_matches_brute_force_splitting_matrices():
             eigenvalues[0].item(), rel=1e-5, abs=1e-9)
 
 
-def test_a_lower_rank_never_finds_a_lower_eigenvalue_than_the_full_one():
+def test_a_lower_rank_solves_the_problem_in_the_inputs_principal_directions():
     model, x, y = _trained(inputs=12)
     full, _ = splitting_eigen(model, "fc1", x, y)
     low, directions = splitting_eigen(model, "fc1", x, y, rank=4)
     assert (low >= full - 1e-12).all() and (low > full + 1e-9).any()
     assert torch.allclose(directions.norm(dim=1), torch.ones(len(directions), dtype=torch.float64))
+    # Independently: the top 4 principal directions of [x, 1] from NumPy's SVD, S projected.
+    xt = np.concatenate([x.numpy(), np.ones((len(x), 1))], axis=1).astype(np.float64)
+    basis = np.linalg.svd(xt, full_matrices=False)[2][:4].T
+    for j, matrix in enumerate(_brute_force_matrices(model, x, y)):
+        projected = basis.T @ matrix.numpy() @ basis
+        assert low[j].item() == pytest.approx(np.linalg.eigvalsh(projected)[0], rel=1e-4)
+
+
+def test_wide_layers_are_solved_in_chunks_with_the_same_answer():
+    model, x, y = _trained(width=300)  # more units than one chunk of 256
+    values, directions = splitting_eigen(model, "fc1", x, y)
+    matrices = _brute_force_matrices(model, x, y)
+    for j in (0, 255, 256, 299):
+        eigenvalues, eigenvectors = torch.linalg.eigh(matrices[j])
+        assert values[j].item() == pytest.approx(eigenvalues[0].item(), rel=1e-5, abs=1e-12)
+        alignment = torch.dot(directions[j], eigenvectors[:, 0]).abs().item()
+        assert alignment == pytest.approx(1, abs=1e-4)
+
+
+def test_a_layer_without_bias_splits_its_weights_only():
+    torch.manual_seed(0)
+    model = nn.Sequential(OrderedDict(fc1=nn.Linear(6, 5, bias=False), act1=nn.Tanh(),
+                                      out=nn.Linear(5, 3)))
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(200, 6, generator=generator)
+    y = torch.randint(0, 3, (200,), generator=generator)
+    values, directions = splitting_eigen(model, "fc1", x, y)
+    with torch.no_grad():
+        z = model.fc1(x).double()
+    h = torch.tanh(z).requires_grad_(True)
+    (dh,) = torch.autograd.grad(F.cross_entropy(model.out(h.float()).double(), y), h)
+    second = -2 * torch.tanh(z) * (1 - torch.tanh(z) ** 2)
+    for j in range(5):
+        matrix = (x.double().T * (dh[:, j] * second[:, j])) @ x.double()
+        assert values[j].item() == pytest.approx(torch.linalg.eigvalsh(matrix)[0].item(),
+                                                 rel=1e-5, abs=1e-12)
+    assert (directions[:, -1] == 0).all()
+    before = _loss(model, x, y)
+    _, parents = steepest_split(model, "fc1", 5, inputs=x, targets=y, step=0.01)
+    norms = model.fc1.weight.detach()[parents].double().norm(dim=1)  # parents' rows moved
+    assert parents.numel() == 5
+    predicted = (0.01**2 * norms**2 * values[parents] / 2).sum().item()
+    assert _loss(model, x, y) - before == pytest.approx(predicted, rel=0.05)
 
 
 @pytest.mark.parametrize("activation", ["tanh", "sigmoid", "gelu"])
@@ -148,3 +195,51 @@ def test_relu_and_batchnorm_layers_are_clear_errors_before_training():
     batchnorm = build_model("mlp", (6,), 3, widths=[5], activation="tanh", batchnorm=True)
     with pytest.raises(ValueError, match="BatchNorm1d"):
         MetaNet(proliferation="splitting").prepare_model(batchnorm)
+
+
+def test_copies_inherit_their_parents_optimizer_state():
+    model, x, y = _trained()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    optimizer.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    optimizer.step()
+    before = {name: {k: v.clone() for k, v in optimizer.state[p].items()}
+              for name, p in model.named_parameters()}
+    _, parents = steepest_split(model, "fc1", 2, inputs=x, targets=y, optimizer=optimizer)
+    state = {name: optimizer.state[p] for name, p in model.named_parameters()}
+    for key in ("exp_avg", "exp_avg_sq"):
+        for copy_index, parent in zip((5, 6), parents.tolist(), strict=True):
+            for name, dim in (("fc1.weight", 0), ("fc1.bias", 0), ("out.weight", 1)):
+                old = before[name][key].select(dim, parent)
+                assert torch.equal(state[name][key].select(dim, copy_index), old)
+                assert torch.equal(state[name][key].select(dim, parent), old)
+
+
+def _splitting_trainer(dead_units):
+    model = build_model("mlp", (20,), 5, widths=[8], activation="tanh")
+    with torch.no_grad():  # units nobody reads have a zero splitting matrix: they cannot split
+        model.out.weight[:, dead_units] = 0
+    trainer = _fake_trainer(model)
+    events = []
+    trainer.log_event = events.append
+    return trainer, events
+
+
+def test_metanet_grows_only_the_units_that_can_split_and_keeps_its_books():
+    method = MetaNet(proliferation="splitting", autophagy=False, trigger="schedule",
+                     schedule_cycles=1)
+    trainer, events = _splitting_trainer([1, 2])
+    widths = _script(method, trainer, [(1.0, 1.0), (0.9, 0.9)])
+    assert widths == [14, 14]  # 8 requested, 6 split
+    assert "proliferation (splitting): 6 of the 8 requested units of fc1 have a split that " \
+           "lowers the loss" in events
+    assert all(units.numel() == 14 for units in method._units["fc1"].values())
+    assert method.metrics(trainer)["total_births"] == 6
+
+
+def test_metanet_ends_proliferation_when_no_split_lowers_the_loss():
+    method = MetaNet(proliferation="splitting", autophagy=False, plateau_threshold=0.1)
+    trainer, events = _splitting_trainer(list(range(8)))
+    stalls = [(1.0, 1.0), (0.99, 0.99), (0.985, 0.985), (0.98, 0.98)]
+    assert _script(method, trainer, stalls) == [8, 8, 8, 8]
+    assert events.count("metanet: no split lowers the loss; proliferation ends") == 1

@@ -119,8 +119,8 @@ class MetaNet(Method):
         1024, "gradient birth and splitting: training samples the gradient direction or the "
               "splitting matrices are estimated on")
     split_step: float = option(
-        0.05, "splitting: the two copies move this fraction of the parent's fan-in norm apart "
-              "from it, each way along the split direction")
+        0.05, "splitting: parent and copy move this fraction of the norm of the parent's "
+              "fan-in and bias away from it, each way along the split direction")
     autophagy_threshold: float = option(
         0.3, "a neuron is under-expressed below this fraction of its layer's mean expression")
     dead_fraction: float = option(
@@ -137,7 +137,7 @@ class MetaNet(Method):
     warm_moments: bool = option(
         True, "random and gradient births start with their layer's mean Adam second moment, "
               "not zero (division copies keep zero: their larger first steps help them "
-              "diverge from their parents)")
+              "diverge from their parents; splitting copies always inherit their parent's)")
     brake_cycles: int = option(
         0, "a layer that lost neurons to autophagy does not grow for this many cycles after "
            "(0: stable-cycles)")
@@ -211,12 +211,13 @@ class MetaNet(Method):
                             ("finetune_epochs", 0)):
             integer(name, low)
         for name in ("plateau_threshold", "payoff_threshold", "significance", "recovery",
-                     "growth_fraction", "division_noise", "birth_fanout_std", "split_step",
+                     "growth_fraction", "division_noise", "birth_fanout_std",
                      "autophagy_threshold"):
             if number(name) < 0:
                 fail(name, "must be >= 0")
-        if not 0 < number("gradient_eps") < math.inf:
-            fail("gradient_eps", "must be a positive number")
+        for name in ("gradient_eps", "split_step"):
+            if not 0 < number(name) < math.inf:
+                fail(name, "must be a positive number")
         if not 0 < number("dead_fraction") <= 1:
             fail("dead_fraction", "must be in (0, 1]")
         if not 0 <= number("max_removal") <= 1:
@@ -335,14 +336,20 @@ class MetaNet(Method):
                 self._shrunk_at[layer] = self._cycle
         changed = bool(shrunk)
         if grow:
-            grown = False
+            grown = attempted = False
             for layer in self._layers:
                 if self.trigger == "schedule" or not self._shedding(layer):
+                    attempted = True
                     grown |= self._proliferate(trainer, layer, scores.get(layer), generator)
             self._growth_events += 1
             if grown:
                 best = val_loss if self._best_val is None else min(self._best_val, val_loss)
                 self._growth_reference, self._growth_cycle = best, self._cycle
+            elif attempted and self.proliferation == "splitting" and self.trigger == "plateau":
+                # No split lowers the loss: like a growth that did not pay off, and asking
+                # again every cycle would only repeat the eigenproblems.
+                self._growth_exhausted = True
+                trainer.log_event("metanet: no split lowers the loss; proliferation ends")
             changed |= grown
         self._monitor.clear()
 
@@ -458,6 +465,9 @@ class MetaNet(Method):
                 trainer.log_event(f"proliferation (splitting): no unit of {layer} has a split "
                                   "that lowers the loss")
                 return False
+            if parents.numel() < n:  # only units with a negative splitting eigenvalue split
+                trainer.log_event(f"proliferation (splitting): {parents.numel()} of the {n} "
+                                  f"requested units of {layer} have a split that lowers the loss")
             n = parents.numel()
         else:
             inputs, targets = self._sample(trainer, generator)

@@ -278,8 +278,13 @@ def splitting_eigen(
     (exact when ``rank`` covers them all), so the work is one ``rank x rank`` eigenproblem per
     unit, not one of the fan-in's size. Returns ``(eigenvalues, directions)``, shaped
     ``(width,)`` and ``(width, fan_in + 1)`` (the last column is the bias; unit norm), on the CPU
-    in float64. The model runs in eval mode; no parameter's ``.grad`` is touched.
+    in float64; all zero where no split changes the loss (zero inputs, or an activation that is
+    straight wherever these inputs put it). The model runs in eval mode; no parameter's
+    ``.grad`` is touched. Memory grows with ``rank^2`` times the width or 1024 samples, not with
+    the number of samples.
     """
+    if rank < 1:
+        raise ValueError(f"splitting rank must be >= 1, got {rank}")
     group = dense_group(model, layer)
     activation = splitting_activation(model, layer)
     captured: dict[str, torch.Tensor] = {}
@@ -304,26 +309,30 @@ def splitting_eigen(
         model.train(was_training)
         for handle in handles:
             handle.remove()
-    if not curvature.any():
-        raise ValueError(_flat_activation(layer, activation))
     weights = (sensitivity * curvature).reshape(len(inputs), -1).double().cpu()  # N x width
     x = captured["x"].reshape(len(inputs), -1).double().cpu()
     if group.producer.bias is not None:
         x = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)
+    width, size = weights.shape[1], group.producer.weight.shape[1] + 1
     # x = U diag(s) V^T: S_j = V (A^T diag(c_j) A) V^T with A = U diag(s), kept to the top ranks.
     u, s, vh = torch.linalg.svd(x, full_matrices=False)
     keep = min(rank, int((s > s[0] * 1e-9).sum())) if s.numel() and s[0] > 0 else 0
-    if keep == 0:
-        raise ValueError(f"layer '{layer}' saw only zero inputs: no split direction exists")
-    a, basis = u[:, :keep] * s[:keep], vh[:keep].T  # N x r, (fan_in + 1) x r
-    # Every unit's A^T diag(c_j) A at once: one product with the samples' outer products
-    # a_n a_n^T (upper triangles), then eigenproblems in chunks that bound the memory.
-    upper = torch.triu_indices(keep, keep)
-    outer = a[:, upper[0]] * a[:, upper[1]]  # N x r(r+1)/2
+    if keep == 0 or not weights.any():
+        # Zero inputs, or every unit where the activation is straight (tanh at 0): no split
+        # changes the loss to second order, and none is worth making.
+        return torch.zeros(width, dtype=torch.float64), torch.zeros(width, size,
+                                                                    dtype=torch.float64)
+    a, basis = u[:, :keep] * s[:keep], vh[:keep].T  # N x r, (fan_in [+ 1]) x r
     values, directions = [], []
-    for chunk in weights.T.split(256):
+    upper = torch.triu_indices(keep, keep)
+    for chunk in weights.T.split(256):  # units
+        # Every unit's A^T diag(c_j) A: one product with the samples' outer products a_n a_n^T
+        # (upper triangles), summed over blocks of samples so memory does not grow with N.
+        entries = chunk.new_zeros(len(chunk), upper.shape[1])
+        for start in range(0, len(a), 1024):
+            block = a[start:start + 1024]
+            entries += chunk[:, start:start + 1024] @ (block[:, upper[0]] * block[:, upper[1]])
         matrices = chunk.new_zeros(len(chunk), keep, keep)
-        entries = chunk @ outer
         matrices[:, upper[0], upper[1]] = entries
         matrices[:, upper[1], upper[0]] = entries
         eigenvalues, eigenvectors = torch.linalg.eigh(matrices)
@@ -351,20 +360,29 @@ def steepest_split(
 
     The parent moves to ``theta + step * |theta| * v`` and its copy to
     ``theta - step * |theta| * v`` (``v`` its eigenvector, ``theta`` fan-in and bias), so the
-    loss on ``(inputs, targets)`` falls by about ``step^2 |theta|^2 |lambda| / 2`` per split.
-    Units whose eigenvalue is not negative are never split (a split would raise the loss), so
-    fewer than ``n`` (or no) units may divide. Returns the group and the parents' indices.
+    loss on ``(inputs, targets)`` falls by about ``step^2 |theta|^2 |lambda| / 2`` per split;
+    the falls of units split together add up, to second order. Units whose eigenvalue is not
+    negative (beyond rounding) are never split, so fewer than ``n`` (or no) units may divide.
+    The copy inherits its parent's optimizer state: both are the parent pushed apart
+    symmetrically (a zero state would give the copy Adam's large first steps and break the
+    symmetry). Returns the group and the parents' indices.
     """
     group = dense_group(model, layer)
     if not 1 <= n <= group.width:
         raise ValueError(f"splitting layer '{layer}' needs 1..{group.width} units, got {n}")
+    if not step > 0:
+        raise ValueError(f"the split step must be a positive number, got {step}")
     values, directions = splitting_eigen(model, layer, inputs, targets, rank=rank)
     order = torch.argsort(values, stable=True)
-    parents = order[values[order] < 0][:n].sort().values
+    # Eigenvalues within rounding of zero promise nothing (and could differ between ranks).
+    tolerance = 1e-9 * float(values.abs().max()) if values.numel() else 0.0
+    parents = order[values[order] < -tolerance][:n].sort().values
     if parents.numel() == 0:
         return group, parents
     width = group.width
     group = split_units(model, layer, parents, optimizer=optimizer)
+    copies = torch.arange(width, width + parents.numel())
+    inherit_optimizer_state(model, layer, parents, copies, optimizer)
     producer = group.producer
     with torch.no_grad():
         weight = producer.weight
@@ -374,13 +392,36 @@ def steepest_split(
         else:
             theta = torch.cat([theta, theta.new_zeros(len(theta), 1)], dim=1)
         shift = step * theta.norm(dim=1, keepdim=True) * directions[parents]
-        copies = torch.arange(width, width + parents.numel())
         for rows, sign in ((parents, 1.0), (copies, -1.0)):
             rows = rows.to(weight.device)
             weight[rows] += sign * shift[:, :-1].to(weight.device, weight.dtype)
             if producer.bias is not None:
                 producer.bias[rows] += sign * shift[:, -1].to(weight.device, weight.dtype)
     return group, parents
+
+
+def inherit_optimizer_state(
+    model: nn.Module,
+    layer: str,
+    parents: torch.Tensor,
+    copies: torch.Tensor,
+    optimizer: OptimizerArg,
+) -> None:
+    """Give units ``copies`` of ``layer`` the optimizer state of units ``parents``.
+
+    Every per-element state tensor (Adam's moments, SGD's momentum) of the layer's rows, bias
+    and the consumer's columns is copied; scalar state such as Adam's step count is shared.
+    """
+    group = dense_group(model, layer)
+    for optim in as_optimizer_list(optimizer):
+        for coupled in group.tensors:
+            parameter = getattr(coupled.module, coupled.tensor_name, None)
+            state = optim.state.get(parameter, {}) if parameter is not None else {}
+            for value in state.values():
+                if torch.is_tensor(value) and value.shape == parameter.shape:
+                    source = parents.to(value.device)
+                    value.index_copy_(coupled.dim, copies.to(value.device),
+                                      value.index_select(coupled.dim, source))
 
 
 def splitting_activation(model: nn.Module, layer: str) -> nn.Module:
@@ -400,14 +441,11 @@ def splitting_activation(model: nn.Module, layer: str) -> nn.Module:
     activation = steps[0]
     probe = torch.linspace(-4, 4, 81, dtype=group.producer.weight.dtype)
     if not _second_derivative(activation, probe).any():
-        raise ValueError(_flat_activation(layer, activation))
+        raise ValueError(f"splitting needs an activation with a second derivative (--activation "
+                         f"tanh, sigmoid or gelu); layer '{layer}' uses "
+                         f"{type(activation).__name__}, whose second derivative is zero, so no "
+                         "split can lower the loss: use division")
     return activation
-
-
-def _flat_activation(layer: str, activation: nn.Module) -> str:
-    return (f"splitting needs an activation with a second derivative (--activation tanh, "
-            f"sigmoid or gelu); layer '{layer}' uses {type(activation).__name__}, whose second "
-            "derivative is zero, so no split can lower the loss: use division")
 
 
 def _second_derivative(activation: nn.Module, z: torch.Tensor) -> torch.Tensor:

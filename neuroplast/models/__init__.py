@@ -17,6 +17,8 @@ from .resnet import BasicBlock, cifar_resnet
 
 ModelBuilder = Callable[..., nn.Module]
 
+ACTIVATION_MODELS = ("mlp", "lenet300")  # the models whose hidden activation can be chosen
+
 MODELS: dict[str, ModelBuilder] = {}
 
 
@@ -66,6 +68,7 @@ for _name, _builder in {
     register_model(_name, _builder)
 
 __all__ = [
+    "ACTIVATION_MODELS",
     "MODELS",
     "BasicBlock",
     "UnknownModelError",

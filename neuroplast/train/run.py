@@ -26,7 +26,7 @@ from ..data import DataSplits, load_dataset
 from ..distributed import DistributedContext
 from ..export import export_onnx, export_torchscript
 from ..methods import build_method
-from ..models import build_model
+from ..models import ACTIVATION_MODELS, build_model
 from .callbacks import Callback
 from .loop import TrainConfig, Trainer
 
@@ -35,9 +35,6 @@ SUMMARY_FILE = "summary.json"
 RUN_FILES = (CONFIG_FILE, SUMMARY_FILE, "metrics.jsonl", "report.md", "widths.png", "curves.png",
              "params.png", "decision_boundary.png", "model.torchscript.pt", "model.onnx")
 RUN_DIRS = ("checkpoint", "tensorboard")
-
-
-ACTIVATION_MODELS = ("mlp", "lenet300")  # the models whose activation can be chosen
 
 
 class RunDirectoryError(ValueError):
@@ -129,17 +126,17 @@ def _build(
     if config.train.threads is not None:
         # Small models on a busy machine run far faster on fewer threads (no spin-waiting).
         torch.set_num_threads(config.train.threads)
-    seed_everything(config.train.seed)
-    data = load_dataset(config.dataset, config.data_dir, seed=config.train.seed,
-                        val_fraction=config.val_fraction, standardise=config.standardise)
     options: dict[str, Any] = {}
     if config.widths is not None:
         options["widths"] = list(config.widths)
-    if config.activation is not None:
+    if config.activation is not None:  # checked before the data set loads
         if config.model not in ACTIVATION_MODELS:
             raise ValueError(f"--activation applies to the models {', '.join(ACTIVATION_MODELS)}"
                              f" (their hidden layers); {config.model} has fixed activations")
         options["activation"] = config.activation
+    seed_everything(config.train.seed)
+    data = load_dataset(config.dataset, config.data_dir, seed=config.train.seed,
+                        val_fraction=config.val_fraction, standardise=config.standardise)
     model = build_model(config.model, data.input_shape, data.num_classes, **options)
     method = build_method(config.method, config.method_options)
     trainer = Trainer(model, data, method, config.train, run_dir=config.run_dir(),
