@@ -197,22 +197,18 @@ def test_relu_and_batchnorm_layers_are_clear_errors_before_training():
         MetaNet(proliferation="splitting").prepare_model(batchnorm)
 
 
-def test_copies_inherit_their_parents_optimizer_state():
+def test_copies_start_with_a_zero_optimizer_state_and_parents_keep_theirs():
+    # Measured: copies that inherit the parent's Adam moments separate worse (docs/metanet.md).
     model, x, y = _trained()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     optimizer.zero_grad()
     F.cross_entropy(model(x), y).backward()
     optimizer.step()
-    before = {name: {k: v.clone() for k, v in optimizer.state[p].items()}
-              for name, p in model.named_parameters()}
+    before = optimizer.state[model.fc1.weight]["exp_avg"].clone()
     _, parents = steepest_split(model, "fc1", 2, inputs=x, targets=y, optimizer=optimizer)
-    state = {name: optimizer.state[p] for name, p in model.named_parameters()}
-    for key in ("exp_avg", "exp_avg_sq"):
-        for copy_index, parent in zip((5, 6), parents.tolist(), strict=True):
-            for name, dim in (("fc1.weight", 0), ("fc1.bias", 0), ("out.weight", 1)):
-                old = before[name][key].select(dim, parent)
-                assert torch.equal(state[name][key].select(dim, copy_index), old)
-                assert torch.equal(state[name][key].select(dim, parent), old)
+    state = optimizer.state[model.fc1.weight]["exp_avg"]
+    assert torch.equal(state[parents], before[parents])
+    assert not state[5:].any()
 
 
 def _splitting_trainer(dead_units):

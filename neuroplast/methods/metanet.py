@@ -137,7 +137,7 @@ class MetaNet(Method):
     warm_moments: bool = option(
         True, "random and gradient births start with their layer's mean Adam second moment, "
               "not zero (division copies keep zero: their larger first steps help them "
-              "diverge from their parents; splitting copies always inherit their parent's)")
+              "diverge from their parents; the same for splitting copies)")
     brake_cycles: int = option(
         0, "a layer that lost neurons to autophagy does not grow for this many cycles after "
            "(0: stable-cycles)")

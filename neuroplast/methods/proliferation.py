@@ -363,9 +363,9 @@ def steepest_split(
     loss on ``(inputs, targets)`` falls by about ``step^2 |theta|^2 |lambda| / 2`` per split;
     the falls of units split together add up, to second order. Units whose eigenvalue is not
     negative (beyond rounding) are never split, so fewer than ``n`` (or no) units may divide.
-    The copy inherits its parent's optimizer state: both are the parent pushed apart
-    symmetrically (a zero state would give the copy Adam's large first steps and break the
-    symmetry). Returns the group and the parents' indices.
+    As with :func:`divide`, the copies start with a zero optimizer state: Adam's large first
+    steps separate them from their parents (inheriting the parent's state was measured worse,
+    see ``docs/metanet.md``). Returns the group and the parents' indices.
     """
     group = dense_group(model, layer)
     if not 1 <= n <= group.width:
@@ -382,7 +382,6 @@ def steepest_split(
     width = group.width
     group = split_units(model, layer, parents, optimizer=optimizer)
     copies = torch.arange(width, width + parents.numel())
-    inherit_optimizer_state(model, layer, parents, copies, optimizer)
     producer = group.producer
     with torch.no_grad():
         weight = producer.weight
@@ -398,30 +397,6 @@ def steepest_split(
             if producer.bias is not None:
                 producer.bias[rows] += sign * shift[:, -1].to(weight.device, weight.dtype)
     return group, parents
-
-
-def inherit_optimizer_state(
-    model: nn.Module,
-    layer: str,
-    parents: torch.Tensor,
-    copies: torch.Tensor,
-    optimizer: OptimizerArg,
-) -> None:
-    """Give units ``copies`` of ``layer`` the optimizer state of units ``parents``.
-
-    Every per-element state tensor (Adam's moments, SGD's momentum) of the layer's rows, bias
-    and the consumer's columns is copied; scalar state such as Adam's step count is shared.
-    """
-    group = dense_group(model, layer)
-    for optim in as_optimizer_list(optimizer):
-        for coupled in group.tensors:
-            parameter = getattr(coupled.module, coupled.tensor_name, None)
-            state = optim.state.get(parameter, {}) if parameter is not None else {}
-            for value in state.values():
-                if torch.is_tensor(value) and value.shape == parameter.shape:
-                    source = parents.to(value.device)
-                    value.index_copy_(coupled.dim, copies.to(value.device),
-                                      value.index_select(coupled.dim, source))
 
 
 def splitting_activation(model: nn.Module, layer: str) -> nn.Module:
