@@ -14,9 +14,9 @@ Only the paper's abstract is available, so this is a reconstruction faithful to 
    ``min_width``, and the removed units' mean contribution is folded into the next layer's bias;
 3. **proliferation** when the growth trigger fires: ``max(growth_min, growth_fraction x
    width)`` units by random birth, division, gradient-guided birth or splitting steepest
-   descent. The plateau trigger fires
-   when the cycle did not improve the best validation loss by ``plateau_threshold`` (relative)
-   and by ``significance`` standard errors of that loss, unless the network is memorising
+   descent (smooth activations only). The plateau trigger fires when the cycle did not improve
+   the best validation loss by ``plateau_threshold`` (relative) and by ``significance``
+   standard errors of that loss, unless the network is memorising
    (validation worse while training still improves by more than that), the last growth has not
    yet paid off, or autophagy removed neurons of the layer in the last ``brake_cycles`` cycles
    (it has neurons to spare). A growth pays off when, within ``stable_cycles`` cycles, the loss
