@@ -280,8 +280,8 @@ def splitting_eigen(
     ``(width,)`` and ``(width, fan_in + 1)`` (the last column is the bias; unit norm), on the CPU
     in float64; all zero where no split changes the loss (zero inputs, or an activation that is
     straight wherever these inputs put it). The model runs in eval mode; no parameter's
-    ``.grad`` is touched. Memory grows with ``rank^2`` times the width or 1024 samples, not with
-    the number of samples.
+    ``.grad`` is touched. The samples' outer products are summed in blocks of 1024, so beyond
+    the inputs and activations themselves the memory does not grow with the number of samples.
     """
     if rank < 1:
         raise ValueError(f"splitting rank must be >= 1, got {rank}")
