@@ -17,6 +17,12 @@ its command.
    two forward passes, one backward) against one plain step of the same starting network, for
    LeNet-300-100 and LeNet-5 at batch 128, timed interleaved.
 
+``--full-moons`` runs the full Moons recipes instead (``recipes/npn-moons-*.toml``, 2000 epochs:
+prune with the reference's lambdas and with five times them, expand with mask and physical
+units; seeds 0, 1, 2; about 15 minutes on one core), writes
+``benchmarks/results/npn-moons-full.json`` and copies each seed-0 run's decision-boundary plot
+next to it (``npn-moons-full-<run>-boundary.png``).
+
 Thread count: ``--threads`` (default 1; on a machine shared by several jobs, extra intra-op
 threads mostly spin) is applied to every run through ``OMP_NUM_THREADS`` and recorded.
 """
@@ -38,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_OUT = Path("benchmarks/results/npn-quick.json")
+FULL_MOONS_OUT = Path("benchmarks/results/npn-moons-full.json")
 RUNS_DIR = Path("runs/bench-npn")
 MNIST = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist")
 
@@ -65,6 +72,21 @@ def _jobs(only: str | None) -> list[tuple[str, list[str]]]:
     if only:
         jobs = [job for job in jobs if job[0].startswith(only)]
     return jobs
+
+
+def _full_moons_jobs() -> list[tuple[str, list[str]]]:
+    """The full 2000-epoch Moons recipes, as the issue's Moons rows: prune and expand."""
+    lambdas_5x = f"{4.289e-5 * 5:.4g},{1.7157e-3 * 5:.5g}"
+    variants = {
+        "sparse": ["--config", "recipes/npn-moons-sparse.toml"],
+        "sparse-lambda5x": ["--config", "recipes/npn-moons-sparse.toml",
+                            "--npn-lambdas", lambdas_5x],
+        "expand": ["--config", "recipes/npn-moons-expand.toml"],
+        "expand-physical": ["--config", "recipes/npn-moons-expand.toml",
+                            "--npn-implementation", "physical"],
+    }
+    return [(f"moons-full-{variant}-s{seed}", [*arguments, "--seed", str(seed)])
+            for seed in (0, 1, 2) for variant, arguments in variants.items()]
 
 
 def _stage_seconds(rows: list[dict[str, Any]]) -> dict[str, float]:
@@ -194,21 +216,39 @@ def _table(runs: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _keep_boundary_plot(name: str, out: Path) -> None:
+    """Copy a run's decision-boundary plot next to the result file (runs/ is not committed)."""
+    plot = RUNS_DIR / name / "decision_boundary.png"
+    if plot.exists():
+        target = out.with_name(f"{out.stem}-{name.removeprefix('moons-full-')}-boundary.png")
+        target.write_bytes(plot.read_bytes())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--only", default=None, help="run only jobs whose name starts so")
     parser.add_argument("--no-step-timing", action="store_true")
+    parser.add_argument("--full-moons", action="store_true",
+                        help="the full 2000-epoch Moons recipes (3 seeds) instead, with "
+                             "decision-boundary plots; no step timing")
     args = parser.parse_args(argv)
+    if args.full_moons and args.out == DEFAULT_OUT:
+        args.out = FULL_MOONS_OUT
     started = time.perf_counter()
     runs = []
-    for name, arguments in _jobs(args.only):
+    jobs = _full_moons_jobs() if args.full_moons else _jobs(args.only)
+    if args.full_moons and args.only:
+        jobs = [job for job in jobs if job[0].startswith(args.only)]
+    for name, arguments in jobs:
         print(f"running {name} ...", flush=True)
         runs.append(run_job(name, arguments, args.threads))
-    steps = [] if args.no_step_timing else time_steps(args.threads)
+        if args.full_moons and name.endswith("-s0"):
+            _keep_boundary_plot(name, args.out)
+    steps = [] if args.no_step_timing or args.full_moons else time_steps(args.threads)
     result = {
-        "benchmark": "npn-quick",
+        "benchmark": "npn-moons-full" if args.full_moons else "npn-quick",
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                     "threads": args.threads, "load_average_at_end": os.getloadavg()},
