@@ -20,7 +20,10 @@ Experiments per data set:
 - ``fixed-<w>``: fixed width ``w`` (quick: 8, 32, 128, 512; full: 8, 16, ..., 2048);
 - ``growth-<p>-from8``: proliferation ``p`` only (no autophagy) from 8 (quick: division);
 - ``metanet-<p>-from8`` / ``metanet-<p>-from1024``: full MetaNet, each proliferation method;
-- ``autophagy-from1024``: autophagy only.
+- ``autophagy-from1024``: autophagy only;
+- ``metanet-division-thin-from8`` / ``-from1024``: MetaNet (division) with thinning
+  (``--metanet-thinning 0.25``): once proliferation has ended, plateaus remove a quarter of
+  the least-expressed neurons while the validation loss allows.
 
 ``--activation tanh`` (or sigmoid, gelu) runs the same grid with that hidden activation as
 its own grid (``metanet-<dataset>-tanh-...`` rows, ``metanet-quick-tanh.json``), adding
@@ -51,6 +54,7 @@ DATA_DIRS = {
     "cifar10": str(SHARED / "cifar10-jpeg.tar.gz"),
 }
 PROLIFERATIONS = ("division", "gradient", "random")
+THINNING = 0.25  # the metanet-division-thin runs: --metanet-thinning
 BATCH_SIZE = 128
 
 
@@ -104,6 +108,8 @@ def grid(full: bool, datasets: list[str], seeds: list[int], epochs: int,
         runs += [(f"metanet-{p}-from{start}", start, "metanet", {"proliferation": p})
                  for start in (8, 1024)]
     runs.append(("autophagy-from1024", 1024, "metanet", {"proliferation": "none"}))
+    runs += [(f"metanet-division-thin-from{start}", start, "metanet",
+              {"proliferation": "division", "thinning": THINNING}) for start in (8, 1024)]
     return [Experiment(dataset, name, width, epochs, seed, method, options, activation)
             for dataset in datasets for seed in seeds for name, width, method, options in runs]
 
@@ -112,11 +118,26 @@ class InterruptedRun(RuntimeError):
     """A run of the grid was stopped by Ctrl-C or SIGTERM before its budget ended."""
 
 
+# Set in a process once one of its runs was interrupted. A pool worker keeps the runs already
+# queued for it even when the grid process itself was killed, so without this a SIGTERM'd
+# grid's workers trained on, unseen, for as long as their queues lasted.
+_interrupted = False
+
+
 def run_experiment(experiment: Experiment, data_dir: str, runs_dir: str, threads: int,
                    out_dir: str) -> dict[str, Any]:
-    """Train one experiment through the CLI's own code path and write its JSON row."""
+    """Train one experiment through the CLI's own code path and write its JSON row.
+
+    Raises :class:`InterruptedRun`, writing no row, when the run was stopped by a signal, and
+    at once for every later experiment handed to the same process.
+    """
+    global _interrupted
     from neuroplast.cli import build_parser, config_from_options
     from neuroplast.train import run
+
+    if _interrupted:
+        raise InterruptedRun(f"{experiment.key} not started: an earlier run in this process "
+                             "was interrupted")
 
     args = experiment.command(data_dir, runs_dir, threads)
     parsed = build_parser().parse_args(args[1:])
@@ -127,6 +148,7 @@ def run_experiment(experiment: Experiment, data_dir: str, runs_dir: str, threads
     wall = time.perf_counter() - started
     if str(summary["stopped_early"] or "").startswith("interrupted"):
         # A row's file marks the experiment done: an interrupted run must not leave one.
+        _interrupted = True
         raise InterruptedRun(f"{experiment.key} was {summary['stopped_early']}: no row written "
                              "(run the grid again to redo it)")
     rows = [json.loads(line) for line in
@@ -240,7 +262,7 @@ def summarise(rows: list[dict[str, Any]]) -> str:
                 f"{' / '.join(str(w) for w in s['widths'])} | {s['params']:,.0f} | "
                 f"{s['ne']:,.0f} | {goal} | {cheaper} |")
         pairs = []
-        for method in PROLIFERATIONS + ("splitting",):
+        for method in PROLIFERATIONS + ("splitting", "division-thin"):
             small, large = (stats.get(f"metanet-{method}-from{start}") for start in (8, 1024))
             if small and large:
                 ratio = min(small["width"], large["width"]) / max(small["width"], large["width"])

@@ -8,6 +8,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pytest  # noqa: E402
 
+import benchmarks.metanet as metanet_benchmark  # noqa: E402
 from benchmarks.metanet import Experiment, InterruptedRun, main, run_experiment  # noqa: E402
 from neuroplast.train import run  # noqa: E402
 
@@ -50,7 +51,17 @@ def test_an_interrupted_run_writes_no_row(tmp_path, monkeypatch):
                 "test_accuracy": 0.5, "val_accuracy": 0.5, "params": 1, "train_seconds": 1.0}
 
     monkeypatch.setattr(run, "train_run", interrupted)
+    # The process-wide flag this sets goes back to False after the test.
+    monkeypatch.setattr(metanet_benchmark, "_interrupted", False)
     experiment = Experiment("mnist", "fixed-8", 8, 20, 0)
     with pytest.raises(InterruptedRun, match="interrupted by SIGTERM: no row written"):
         run_experiment(experiment, "data", str(tmp_path / "runs"), 1, str(tmp_path))
     assert not list(tmp_path.glob("*.json"))
+    # A pool worker outlives a killed grid process and keeps its queued experiments: after an
+    # interruption it must not train them.
+    calls = []
+    monkeypatch.setattr(run, "train_run", calls.append)
+    with pytest.raises(InterruptedRun, match="not started: an earlier run in this process"):
+        run_experiment(Experiment("mnist", "fixed-16", 16, 20, 0), "data",
+                       str(tmp_path / "runs"), 1, str(tmp_path))
+    assert calls == [] and not list(tmp_path.glob("*.json"))

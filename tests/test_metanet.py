@@ -53,6 +53,14 @@ def _train_a_little(model, x, y, steps=30):
     return optimizer
 
 
+def _model_with_dead_units(width, dead):
+    """An MLP whose first ``dead`` hidden units never fire (a huge negative bias)."""
+    model = _model(widths=(width,))
+    with torch.no_grad():
+        model.fc1.bias[:dead] = -1e3
+    return model
+
+
 def _outputs(model, x):
     model.eval()
     with torch.no_grad():
@@ -411,9 +419,7 @@ def test_an_under_expressed_but_recovering_neuron_is_spared_and_a_stagnant_one_g
 
 
 def test_a_layer_shedding_neurons_does_not_proliferate_for_stable_cycles_cycles():
-    model = _model(widths=(12,))
-    with torch.no_grad():
-        model.fc1.bias[:4] = -1e3  # four dead units
+    model = _model_with_dead_units(12, 4)
     method = MetaNet(proliferation="random", autophagy_threshold=0.0, protect_cycles=0,
                      max_removal=0.5, growth_fraction=0.5, stable_cycles=3)
     trainer = _fake_trainer(model)
@@ -424,9 +430,7 @@ def test_a_layer_shedding_neurons_does_not_proliferate_for_stable_cycles_cycles(
 
 
 def test_brake_cycles_shortens_the_pause_after_shedding():
-    model = _model(widths=(12,))
-    with torch.no_grad():
-        model.fc1.bias[:4] = -1e3  # four dead units
+    model = _model_with_dead_units(12, 4)
     method = MetaNet(proliferation="random", autophagy_threshold=0.0, protect_cycles=0,
                      max_removal=0.5, growth_fraction=0.5, stable_cycles=3, brake_cycles=1)
     stalled = [(1.0 - 0.005 * e, 1.0 - 0.005 * e) for e in range(6)]

@@ -113,6 +113,11 @@ class UnitStats:
         """Fraction of samples on which each unit output exactly zero (APoZ; on the CPU)."""
         return self.zeros.cpu() / max(self.count, 1)
 
+    def select(self, keep: torch.Tensor) -> UnitStats:
+        """The statistics of the units ``keep`` (a boolean mask or indices) selects."""
+        keep = keep.to(self.abs_sum.device)
+        return UnitStats(self.abs_sum[keep], self.sum[keep], self.zeros[keep], self.count)
+
     def to_state(self) -> dict[str, object]:
         return {"abs_sum": self.abs_sum.cpu(), "sum": self.sum.cpu(),
                 "zeros": self.zeros.cpu(), "count": self.count}
