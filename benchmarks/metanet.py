@@ -22,8 +22,9 @@ Experiments per data set:
 - ``metanet-<p>-from8`` / ``metanet-<p>-from1024``: full MetaNet, each proliferation method;
 - ``autophagy-from1024``: autophagy only;
 - ``metanet-division-thin-from8`` / ``-from1024``: MetaNet (division) with thinning
-  (``--metanet-thinning 0.25``): once proliferation has ended, plateaus remove a quarter of
-  the least-expressed neurons while the validation loss allows.
+  (``--metanet-thinning 0.25``): validation plateaus without growth, while the network has
+  neurons to spare or once growth has ended, remove a quarter of the least-expressed neurons
+  while the validation error allows.
 
 ``--activation tanh`` (or sigmoid, gelu) runs the same grid with that hidden activation as
 its own grid (``metanet-<dataset>-tanh-...`` rows, ``metanet-quick-tanh.json``), adding
@@ -119,8 +120,10 @@ class InterruptedRun(RuntimeError):
 
 
 # Set in a process once one of its runs was interrupted. A pool worker keeps the runs already
-# queued for it even when the grid process itself was killed, so without this a SIGTERM'd
-# grid's workers trained on, unseen, for as long as their queues lasted.
+# queued for it even when the grid process itself is gone: when a signal reaches the workers
+# too (Ctrl-C in a terminal, `pkill -f benchmarks.metanet`), each stopped one run and then,
+# before this flag, trained its next ones unseen. (A worker whose parent alone was killed
+# still works through its queue.)
 _interrupted = False
 
 

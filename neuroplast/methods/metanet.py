@@ -348,8 +348,8 @@ class MetaNet(Method):
         # A record by less than the loss's noise is luck, not progress (on easy data the
         # relative improvements of a near-zero loss are all noise).
         self._settle_growth(trainer, val_loss, noise)
-        error, error_noise = self._validation_error(trainer, val_loss, noise)
-        self._settle_thinning(trainer, error, error_noise)
+        error, size = self._validation_error(trainer, val_loss)
+        self._settle_thinning(trainer, error, size, noise)
         self._recent_errors = [*self._recent_errors, error][-self.stable_cycles:]
         if len(self._recent_errors) == self.stable_cycles:
             mean = sum(self._recent_errors) / self.stable_cycles
@@ -434,11 +434,9 @@ class MetaNet(Method):
             self._growth_exhausted = True
             trainer.log_event("metanet: the last growth did not pay off; proliferation ends")
 
-    def _validation_error(
-        self, trainer: Trainer, val_loss: float, loss_noise: float
-    ) -> tuple[float, float]:
-        """Thinning's signal: the validation error and ``thinning_significance`` (binomial)
-        standard errors of it, or the validation loss and its noise when no accuracy is logged.
+    def _validation_error(self, trainer: Trainer, val_loss: float) -> tuple[float, int]:
+        """Thinning's signal: the validation error and the number of examples it is measured
+        on, or the validation loss and 0 when no accuracy is logged.
 
         Not the loss: a network that memorises grows more confident, so its validation loss
         rises while its error does not, and a loss-judged thinning cut MNIST from 1024 to 15
@@ -447,15 +445,17 @@ class MetaNet(Method):
         accuracy = float(trainer.last_metrics.get("val_accuracy", math.nan))
         size = len(getattr(trainer.data, "y_val", ()))
         if not math.isfinite(accuracy) or size == 0:
-            return val_loss, loss_noise
-        error = 1.0 - accuracy
-        return error, self.thinning_significance * math.sqrt(error * (1.0 - error) / size)
+            return val_loss, 0
+        return 1.0 - accuracy, size
 
-    def _settle_thinning(self, trainer: Trainer, error: float, noise: float) -> None:
+    def _settle_thinning(self, trainer: Trainer, error: float, size: int,
+                         loss_noise: float) -> None:
         """Judge the pending thinning once ``stable_cycles`` cycles have passed: kept when
-        their mean validation error is within ``thinning_cost`` (relative) or the noise of
-        the lowest such mean the run had seen when it began; otherwise its neurons are given
-        back (by division), and thinning and proliferation end.
+        their mean validation error is within ``thinning_cost`` (relative) or
+        ``thinning_significance`` standard errors of the lowest such mean the run had seen
+        when it began; otherwise its neurons are given back (by division), and thinning and
+        proliferation end. Without a validation error (``size`` 0) the loss and its noise
+        stand in.
 
         Means over ``stable_cycles`` cycles on both sides, because single epochs' errors
         scatter by about their standard error: against the single lowest error, a thinning
@@ -471,6 +471,13 @@ class MetaNet(Method):
             return
         mean = sum(self._thin_errors) / len(self._thin_errors)
         self._thin_reference, self._thin_errors = None, []
+        noise = loss_noise
+        if size:
+            # The binomial standard error at the larger of the two errors, with one error
+            # and one success added, so that a perfect score still has some noise: on easy
+            # data a single misclassified example would otherwise undo every cut.
+            level = (max(mean, reference) * size + 1) / (size + 2)
+            noise = self.thinning_significance * math.sqrt(level * (1 - level) / size)
         if mean <= reference + max(self.thinning_cost * reference, noise):
             self._thinned = {}
             return
@@ -539,15 +546,16 @@ class MetaNet(Method):
     def _growth_fires(self) -> bool:
         if self.proliferation == "none":
             return False
+        if self._thin_reference is not None or self._regrow:
+            return False  # a thinning is being judged, or its neurons are being given back
         if self.trigger == "schedule":
             return self._growth_events < self.schedule_cycles
         if self._growth_exhausted:
             return False
         # Plateau: needs a previous cycle to compare with.
         val, train = self._val_improvement, self._train_improvement
-        if (math.isnan(val) or math.isnan(train) or self._growth_reference is not None
-                or self._thin_reference is not None):
-            return False  # no reference yet, or the last growth or thinning is not judged yet
+        if math.isnan(val) or math.isnan(train) or self._growth_reference is not None:
+            return False  # no reference yet, or the last growth has not paid off
         return not self._progress and not self._memorising()
 
     def _memorising(self) -> bool:
