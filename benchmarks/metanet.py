@@ -119,12 +119,18 @@ class InterruptedRun(RuntimeError):
     """A run of the grid was stopped by Ctrl-C or SIGTERM before its budget ended."""
 
 
-# Set in a process once one of its runs was interrupted. A pool worker keeps the runs already
-# queued for it even when the grid process itself is gone: when a signal reaches the workers
-# too (Ctrl-C in a terminal, `pkill -f benchmarks.metanet`), each stopped one run and then,
-# before this flag, trained its next ones unseen. (A worker whose parent alone was killed
-# still works through its queue.)
+# A pool worker keeps the runs already queued for it even when the grid process is gone, and
+# before these two checks it trained them unseen: set once one of this process's runs was
+# interrupted (the signal reached the workers too: Ctrl-C in a terminal, `pkill -f`), and the
+# grid process's id, so that a worker whose parent alone was killed notices too.
 _interrupted = False
+_grid_pid: int | None = None
+
+
+def _remember_grid(pid: int) -> None:
+    """Pool initializer: the worker's grid process."""
+    global _grid_pid
+    _grid_pid = pid
 
 
 def run_experiment(experiment: Experiment, data_dir: str, runs_dir: str, threads: int,
@@ -141,6 +147,10 @@ def run_experiment(experiment: Experiment, data_dir: str, runs_dir: str, threads
     if _interrupted:
         raise InterruptedRun(f"{experiment.key} not started: an earlier run in this process "
                              "was interrupted")
+    if _grid_pid is not None and os.getppid() != _grid_pid:
+        # Nobody will read a result or send more work: leave rather than idle forever.
+        print(f"{experiment.key} not started: the grid process is gone", file=sys.stderr)
+        os._exit(130)
 
     args = experiment.command(data_dir, runs_dir, threads)
     parsed = build_parser().parse_args(args[1:])
@@ -405,7 +415,8 @@ def main(argv: list[str] | None = None) -> int:
         dirs = {d: getattr(args, f"{d.replace('-', '_')}_dir") for d in DATA_DIRS}
         # The biggest runs first, so parallel jobs finish together.
         todo.sort(key=lambda e: -e.width)
-        with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        with ProcessPoolExecutor(max_workers=max(1, args.jobs), initializer=_remember_grid,
+                                 initargs=(os.getpid(),)) as pool:
             futures = {pool.submit(run_experiment, e, dirs[e.dataset], args.runs_dir,
                                    args.threads, str(out_dir)): e for e in todo}
             for future, experiment in futures.items():

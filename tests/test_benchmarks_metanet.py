@@ -1,6 +1,7 @@
 """The MetaNet benchmark's bookkeeping: experiment selection and the validation-loss view."""
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -64,4 +65,22 @@ def test_an_interrupted_run_writes_no_row(tmp_path, monkeypatch):
     with pytest.raises(InterruptedRun, match="not started: an earlier run in this process"):
         run_experiment(Experiment("mnist", "fixed-16", 16, 20, 0), "data",
                        str(tmp_path / "runs"), 1, str(tmp_path))
+    assert calls == [] and not list(tmp_path.glob("*.json"))
+
+
+def test_a_pool_worker_whose_grid_process_is_gone_trains_nothing_and_exits(tmp_path,
+                                                                           monkeypatch):
+    calls = []
+    monkeypatch.setattr(run, "train_run", calls.append)
+    monkeypatch.setattr(metanet_benchmark, "_interrupted", False)
+    # The worker was started by another process than its parent now (the grid was killed).
+    monkeypatch.setattr(metanet_benchmark, "_grid_pid", os.getppid() + 1)
+    def leave(code):
+        raise SystemExit(code)
+
+    monkeypatch.setattr(metanet_benchmark.os, "_exit", leave)
+    with pytest.raises(SystemExit) as left:
+        run_experiment(Experiment("mnist", "fixed-8", 8, 20, 0), "data",
+                       str(tmp_path / "runs"), 1, str(tmp_path))
+    assert left.value.code == 130
     assert calls == [] and not list(tmp_path.glob("*.json"))
