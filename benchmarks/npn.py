@@ -19,7 +19,7 @@ its command.
 
 ``--full-moons`` runs the full Moons recipes instead (``recipes/npn-moons-*.toml``, 2000 epochs:
 prune with the reference's lambdas and with five times them, expand with mask and physical
-units; seeds 0, 1, 2; about 15 minutes on one core), writes
+units; seeds 0, 1, 2; 37 minutes on one shared core), writes
 ``benchmarks/results/npn-moons-full.json`` and copies each seed-0 run's decision-boundary plot
 next to it (``npn-moons-full-<run>-boundary.png``).
 
