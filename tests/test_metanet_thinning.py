@@ -1,5 +1,6 @@
-"""MetaNet thinning: once proliferation has ended, plateaus remove the least-expressed neurons,
-a thinning that costs too much is undone, and resume reproduces a thinning run exactly.
+"""MetaNet thinning: plateaus without growth remove the least-expressed neurons (while the
+network memorises or sheds, or once proliferation has ended), a thinning that costs too much
+is undone, and resume reproduces a thinning run exactly.
 
 The scripted cycles feed MetaNet chosen losses (as ``tests/test_metanet.py`` does) and compare
 the network after each event with a copy taken before it.
