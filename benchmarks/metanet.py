@@ -25,6 +25,9 @@ Experiments per data set:
   (``--metanet-thinning 0.25``): validation plateaus without growth, while the network has
   neurons to spare or once growth has ended, remove a quarter of the least-expressed neurons
   while the validation error allows.
+- ``metanet-division-thin-err-from8`` / ``-from1024``: the same, with growth judged on the
+  validation error too (``--metanet-payoff error``): a growth pays off when the error falls by
+  more than thinning's tolerance; one that does not is kept, and thinning starts from it.
 
 ``--activation tanh`` (or sigmoid, gelu) runs the same grid with that hidden activation as
 its own grid (``metanet-<dataset>-tanh-...`` rows, ``metanet-quick-tanh.json``), adding
@@ -111,6 +114,9 @@ def grid(full: bool, datasets: list[str], seeds: list[int], epochs: int,
     runs.append(("autophagy-from1024", 1024, "metanet", {"proliferation": "none"}))
     runs += [(f"metanet-division-thin-from{start}", start, "metanet",
               {"proliferation": "division", "thinning": THINNING}) for start in (8, 1024)]
+    runs += [(f"metanet-division-thin-err-from{start}", start, "metanet",
+              {"proliferation": "division", "thinning": THINNING, "payoff": "error"})
+             for start in (8, 1024)]
     return [Experiment(dataset, name, width, epochs, seed, method, options, activation)
             for dataset in datasets for seed in seeds for name, width, method, options in runs]
 
@@ -275,7 +281,7 @@ def summarise(rows: list[dict[str, Any]]) -> str:
                 f"{' / '.join(str(w) for w in s['widths'])} | {s['params']:,.0f} | "
                 f"{s['ne']:,.0f} | {goal} | {cheaper} |")
         pairs = []
-        for method in PROLIFERATIONS + ("splitting", "division-thin"):
+        for method in PROLIFERATIONS + ("splitting", "division-thin", "division-thin-err"):
             small, large = (stats.get(f"metanet-{method}-from{start}") for start in (8, 1024))
             if small and large:
                 ratio = min(small["width"], large["width"]) / max(small["width"], large["width"])

@@ -314,10 +314,14 @@ def _fake_trainer(model, epochs=20, x=None, y=None):
         log_event=lambda text: None, all_reduce_sum_=lambda tensor: tensor)
 
 
-def _script(method, trainer, losses, val_loss_se=0.0, before_epoch=None):
-    """Run epochs with given (train_loss, val_loss); returns the width after each epoch."""
+def _script(method, trainer, losses, val_loss_se=0.0, before_epoch=None, val_errors=None,
+            val_size=10_000):
+    """Run epochs with given (train_loss, val_loss), and validation errors on ``val_size``
+    examples if given; returns the width after each epoch."""
     widths = []
     x = trainer.data.x_train
+    if val_errors is not None:
+        trainer.data.y_val = torch.zeros(val_size, dtype=torch.long)
     method.on_train_begin(trainer)
     for epoch, (train, val) in enumerate(losses, start=1):
         if before_epoch is not None:
@@ -327,6 +331,8 @@ def _script(method, trainer, losses, val_loss_se=0.0, before_epoch=None):
         with torch.no_grad():
             trainer.model(x)
         trainer.last_metrics = {"train_loss": train, "val_loss": val, "val_loss_se": val_loss_se}
+        if val_errors is not None:
+            trainer.last_metrics["val_accuracy"] = 1.0 - val_errors[epoch - 1]
         method.on_epoch_end(trainer, epoch)
         widths.append(layer_widths(trainer.model)["fc1"])
         if trainer.stop_training:

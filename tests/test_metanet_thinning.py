@@ -240,22 +240,24 @@ def test_bad_thinning_options_are_clear_errors(options, message):
         build_method("metanet", options)
 
 
-def _config(out, epochs=8):
+def _config(out, epochs=8, payoff="loss"):
     options = {"proliferation": "division", "trigger": "schedule", "schedule_cycles": 2,
                "growth_fraction": 1.0, "growth_min": 2, "thinning": 0.25, "min_width": 4,
-               "stable_cycles": 1, "finetune_epochs": 1, "plateau_threshold": 10.0}
+               "stable_cycles": 1, "finetune_epochs": 1, "plateau_threshold": 10.0,
+               "payoff": payoff}
     return RunConfig(method="metanet", model="mlp", dataset="digits", widths=[8], out=str(out),
                      method_options=options,
                      train=TrainConfig(epochs=epochs, batch_size=64, seed=3, progress=False,
                                        threads=1))
 
 
-def test_a_thinning_run_resumes_exactly(tmp_path):
-    straight = train_run(_config(tmp_path / "straight"))
+@pytest.mark.parametrize("payoff", ["loss", "error"])
+def test_a_thinning_run_resumes_exactly(tmp_path, payoff):
+    straight = train_run(_config(tmp_path / "straight", payoff=payoff))
     events = [e for row in epoch_metrics(tmp_path / "straight") for e in row["events"]]
     assert any(e.startswith("thinning: fc1") for e in events), events
     cut = tmp_path / "cut"
-    train_run(_config(cut), callbacks=[InterruptAt(epoch=4, batch=3)])
+    train_run(_config(cut, payoff=payoff), callbacks=[InterruptAt(epoch=4, batch=3)])
     resumed = resume_run(cut)
     assert resumed["final_widths"] == straight["final_widths"]
     assert_same_run(tmp_path / "straight", cut)

@@ -73,6 +73,7 @@ if TYPE_CHECKING:
 
 PROLIFERATIONS = ("division", "random", "gradient", "splitting", "none")
 TRIGGERS = ("plateau", "schedule")
+PAYOFFS = ("loss", "error")
 PHASES = ("metabolism", "finetune", "done")
 
 
@@ -110,6 +111,12 @@ class MetaNet(Method):
         0.05, "a growth pays off when, within stable-cycles cycles, the validation loss falls "
               "this fraction (and beyond the noise) below the best before it; one that does "
               "not ends proliferation")
+    payoff: str = option(
+        "loss", "what a growth must lower to pay off: loss (the validation loss, by "
+                "payoff-threshold and beyond the noise, within stable-cycles cycles) or error "
+                "(the mean validation error of the stable-cycles cycles after it, below the "
+                "lowest such mean before it by more than thinning-cost or "
+                "thinning-significance standard errors: thinning's test, mirrored)")
     significance: float = option(
         2.0, "a validation loss is progress only when it beats the best by more than this "
              "many standard errors; a growth has paid off only after such a record")
@@ -188,6 +195,7 @@ class MetaNet(Method):
         self._growth_events = 0
         self._growth_reference: float | None = None  # best val loss at an unpaid growth
         self._growth_cycle = 0  # the cycle of that growth
+        self._growth_errors: list[float] = []  # payoff error: the errors since it
         self._growth_exhausted = False  # a growth failed to pay off: no more proliferation
         self._shrunk_at: dict[str, int] = {}  # the cycle each layer last lost neurons
         self._recent_errors: list[float] = []  # the last stable_cycles validation errors
@@ -227,6 +235,8 @@ class MetaNet(Method):
             fail("proliferation", f"must be one of {', '.join(PROLIFERATIONS)}")
         if self.trigger not in TRIGGERS:
             fail("trigger", f"must be one of {', '.join(TRIGGERS)}")
+        if self.payoff not in PAYOFFS:
+            fail("payoff", f"must be one of {', '.join(PAYOFFS)}")
         for flag in ("autophagy", "fold_bias", "warm_moments", "stop_when_stable"):
             if not isinstance(getattr(self, flag), bool):
                 fail(flag, "must be true or false")
@@ -347,8 +357,8 @@ class MetaNet(Method):
         self._train_improvement = _improvement(self._last_train, train_loss)
         # A record by less than the loss's noise is luck, not progress (on easy data the
         # relative improvements of a near-zero loss are all noise).
-        self._settle_growth(trainer, val_loss, noise)
         error, size = self._validation_error(trainer, val_loss)
+        self._settle_growth(trainer, val_loss, noise, error, size)
         self._settle_thinning(trainer, error, size, noise)
         self._recent_errors = [*self._recent_errors, error][-self.stable_cycles:]
         if len(self._recent_errors) == self.stable_cycles:
@@ -387,8 +397,12 @@ class MetaNet(Method):
                     grown |= self._proliferate(trainer, layer, scores.get(layer), generator)
             self._growth_events += 1
             if grown:
-                best = val_loss if self._best_val is None else min(self._best_val, val_loss)
+                if self.payoff == "error":
+                    best = error if self._best_error is None else self._best_error
+                else:
+                    best = val_loss if self._best_val is None else min(self._best_val, val_loss)
                 self._growth_reference, self._growth_cycle = best, self._cycle
+                self._growth_errors = []
             elif attempted and self.proliferation == "splitting" and self.trigger == "plateau":
                 # No split lowers the loss: like a growth that did not pay off, and asking
                 # again every cycle would only repeat the eigenproblems.
@@ -414,25 +428,55 @@ class MetaNet(Method):
             self._best_val = val_loss
         self._last_train = train_loss
 
-    def _settle_growth(self, trainer: Trainer, val_loss: float, noise: float) -> None:
-        """Judge the pending growth: it pays off when, within ``stable_cycles`` cycles, the
-        validation loss beats the best before it by ``payoff_threshold`` (relative) and by
-        more than the noise.
+    def _settle_growth(self, trainer: Trainer, val_loss: float, noise: float,
+                       error: float, size: int) -> None:
+        """Judge the pending growth. With ``payoff="loss"`` it pays off when, within
+        ``stable_cycles`` cycles, the validation loss beats the best before it by
+        ``payoff_threshold`` (relative) and by more than the noise. With ``payoff="error"``,
+        when, within ``stable_cycles`` cycles, the mean validation error since it is below
+        the lowest ``stable_cycles``-cycle mean before it by more than thinning's tolerance.
 
         A growth that does not pay off ends proliferation for the run: the network is not short
-        of neurons. Any significant improvement would not do, because a network still learning
-        its way down a long, gentle loss slope improves after every growth, which is then
-        credited with what training did (Moons from 8 doubled to 547 neurons that way).
+        of neurons. It is not undone: with thinning on, the cuts that follow start from it, so
+        a run from a small start is judged, like one from a large start, against the error of
+        a network wider than it needs. Any significant improvement would not do, because a
+        network still learning its way down a long, gentle loss slope improves after every
+        growth, which is then credited with what training did (Moons from 8 doubled to 547
+        neurons that way).
         """
         reference = self._growth_reference
         if reference is None:
             return
-        if val_loss < reference - max(self.payoff_threshold * abs(reference), noise):
-            self._growth_reference = None
-        elif self._cycle - self._growth_cycle >= self.stable_cycles:
-            self._growth_reference = None
+        if self.payoff == "error":
+            # The mean so far: a clear gain need not wait for the whole window (a doubling
+            # every stable-cycles cycles would take 20 epochs from 8 to 1024 neurons).
+            self._growth_errors.append(error)
+            mean = sum(self._growth_errors) / len(self._growth_errors)
+            paid = mean < reference - self._error_tolerance(mean, reference, size, noise)
+        else:
+            paid = val_loss < reference - max(self.payoff_threshold * abs(reference), noise)
+        if not paid and self._cycle - self._growth_cycle < self.stable_cycles:
+            return
+        self._growth_reference, self._growth_errors = None, []
+        if not paid:
             self._growth_exhausted = True
             trainer.log_event("metanet: the last growth did not pay off; proliferation ends")
+
+    def _error_tolerance(self, mean: float, reference: float, size: int,
+                         loss_noise: float) -> float:
+        """How far a mean validation error may stray from ``reference`` by chance: the larger
+        of ``thinning_cost`` (relative) and ``thinning_significance`` binomial standard
+        errors on ``size`` examples (``loss_noise`` when the error is a loss, ``size`` 0).
+
+        The standard error is taken at the larger of the two errors, with one error and one
+        success added, so that a perfect score still has some noise: on easy data a single
+        misclassified example would otherwise decide every verdict.
+        """
+        noise = loss_noise
+        if size:
+            level = (max(mean, reference) * size + 1) / (size + 2)
+            noise = self.thinning_significance * math.sqrt(level * (1 - level) / size)
+        return max(self.thinning_cost * reference, noise)
 
     def _validation_error(self, trainer: Trainer, val_loss: float) -> tuple[float, int]:
         """Thinning's signal: the validation error and the number of examples it is measured
@@ -471,14 +515,7 @@ class MetaNet(Method):
             return
         mean = sum(self._thin_errors) / len(self._thin_errors)
         self._thin_reference, self._thin_errors = None, []
-        noise = loss_noise
-        if size:
-            # The binomial standard error at the larger of the two errors, with one error
-            # and one success added, so that a perfect score still has some noise: on easy
-            # data a single misclassified example would otherwise undo every cut.
-            level = (max(mean, reference) * size + 1) / (size + 2)
-            noise = self.thinning_significance * math.sqrt(level * (1 - level) / size)
-        if mean <= reference + max(self.thinning_cost * reference, noise):
+        if mean <= reference + self._error_tolerance(mean, reference, size, loss_noise):
             self._thinned = {}
             return
         # The width is now bracketed: growth stops too (MNIST from 1024 doubled right after
@@ -708,6 +745,7 @@ class MetaNet(Method):
             "growth_reference": self._growth_reference,
             "growth_cycle": self._growth_cycle,
             "growth_exhausted": self._growth_exhausted,
+            "growth_errors": list(self._growth_errors),
             "shrunk_at": dict(self._shrunk_at),
             "recent_errors": list(self._recent_errors),
             "best_error": self._best_error,
@@ -750,6 +788,7 @@ class MetaNet(Method):
         self._thinning_exhausted = state.get("thinning_exhausted", False)
         self._growth_cycle = state.get("growth_cycle", self._cycle)
         self._growth_exhausted = state.get("growth_exhausted", False)
+        self._growth_errors = list(state.get("growth_errors", []))
         self._growth_reference = state.get(  # checkpoints from before it had a reference
             "growth_reference", None if state.get("growth_paid", True) else state["best_val"])
         self._progress = state.get("progress", True)
