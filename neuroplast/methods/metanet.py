@@ -21,7 +21,8 @@ Only the paper's abstract is available, so this is a reconstruction faithful to 
    yet paid off, or autophagy removed neurons of the layer in the last ``brake_cycles`` cycles
    (it has neurons to spare). A growth pays off when, within ``stable_cycles`` cycles, the loss
    beats the best before it by ``payoff_threshold`` (relative) and beyond the noise; one that
-   does not ends proliferation for the run;
+   does not ends proliferation for the run (``payoff="error"``: judged on the validation
+   error with thinning's tolerance instead, and kept for thinning to cut back);
 4. **thinning** (``thinning`` > 0, off by default): on a cycle without progress that does not
    grow, while the network has neurons to spare (it memorises, or autophagy is shedding) or
    once proliferation has ended, the ``thinning`` fraction of each layer's least-expressed
@@ -114,9 +115,10 @@ class MetaNet(Method):
     payoff: str = option(
         "loss", "what a growth must lower to pay off: loss (the validation loss, by "
                 "payoff-threshold and beyond the noise, within stable-cycles cycles) or error "
-                "(the mean validation error of the stable-cycles cycles after it, below the "
-                "lowest such mean before it by more than thinning-cost or "
-                "thinning-significance standard errors: thinning's test, mirrored)")
+                "(the mean validation error since it, within stable-cycles cycles, below the "
+                "lowest stable-cycles mean before it by more than thinning-cost or "
+                "thinning-significance standard errors: thinning's test, mirrored; a growth "
+                "that does not pay is kept, for thinning to cut back)")
     significance: float = option(
         2.0, "a validation loss is progress only when it beats the best by more than this "
              "many standard errors; a growth has paid off only after such a record")
