@@ -28,6 +28,9 @@ Experiments per data set:
 - ``metanet-division-thin-err-from8`` / ``-from1024``: the same, with growth judged on the
   validation error too (``--metanet-payoff error``): a growth pays off when the error falls by
   more than thinning's tolerance; one that does not is kept, and thinning starts from it.
+- ``metanet-division-halve-err-from8`` / ``-from1024``: the same, each thinning halving the
+  layer (``--metanet-thinning 0.5``), as each growth doubles it: the width is searched on the
+  same factor-2 ladder from either side.
 
 ``--activation tanh`` (or sigmoid, gelu) runs the same grid with that hidden activation as
 its own grid (``metanet-<dataset>-tanh-...`` rows, ``metanet-quick-tanh.json``), adding
@@ -59,6 +62,7 @@ DATA_DIRS = {
 }
 PROLIFERATIONS = ("division", "gradient", "random")
 THINNING = 0.25  # the metanet-division-thin runs: --metanet-thinning
+HALVING = 0.5  # the metanet-division-halve-err runs: each cut halves the layer
 BATCH_SIZE = 128
 
 
@@ -116,6 +120,9 @@ def grid(full: bool, datasets: list[str], seeds: list[int], epochs: int,
               {"proliferation": "division", "thinning": THINNING}) for start in (8, 1024)]
     runs += [(f"metanet-division-thin-err-from{start}", start, "metanet",
               {"proliferation": "division", "thinning": THINNING, "payoff": "error"})
+             for start in (8, 1024)]
+    runs += [(f"metanet-division-halve-err-from{start}", start, "metanet",
+              {"proliferation": "division", "thinning": HALVING, "payoff": "error"})
              for start in (8, 1024)]
     return [Experiment(dataset, name, width, epochs, seed, method, options, activation)
             for dataset in datasets for seed in seeds for name, width, method, options in runs]
@@ -281,7 +288,8 @@ def summarise(rows: list[dict[str, Any]]) -> str:
                 f"{' / '.join(str(w) for w in s['widths'])} | {s['params']:,.0f} | "
                 f"{s['ne']:,.0f} | {goal} | {cheaper} |")
         pairs = []
-        for method in PROLIFERATIONS + ("splitting", "division-thin", "division-thin-err"):
+        for method in PROLIFERATIONS + ("splitting", "division-thin", "division-thin-err",
+                                         "division-halve-err"):
             small, large = (stats.get(f"metanet-{method}-from{start}") for start in (8, 1024))
             if small and large:
                 ratio = min(small["width"], large["width"]) / max(small["width"], large["width"])
