@@ -105,6 +105,8 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add("--model", default=s, help=f"model: {', '.join(MODELS)} (default mlp)")
     add("--dataset", default=s, help=f"data set: {', '.join(DATASETS)} (default digits)")
     add("--data-dir", default=s, help="directory (or file) holding the data set's files")
+    add("--label-column", default=s, help="csv data: the column holding the labels (default: "
+        "the first of label, y, target, class)")
     add("--widths", type=_int_list, default=s, help="starting hidden widths, e.g. 300,100")
     add("--activation", default=s,
         help=f"hidden activation of the mlp and lenet300 models: {', '.join(ACTIVATIONS)} "
@@ -225,9 +227,25 @@ def config_from_options(options: dict[str, Any], command: str | None = None) -> 
     if not isinstance(config.standardise, bool):
         raise ValueError(f"standardise must be true or false, got {config.standardise!r}")
     if config.widths is not None:
-        if not config.widths or any(w < 1 for w in config.widths):
-            raise ValueError(f"--widths must be integers >= 1, got {config.widths}")
+        config.widths = _widths_list(config.widths)
     return config
+
+
+def _widths_list(value: Any) -> list[int]:
+    """Hidden widths from a recipe or the command line: a list, one integer, or "300,100"."""
+    given = value
+    if isinstance(value, str):
+        try:
+            value = [int(part) for part in value.split(",")]
+        except ValueError:
+            value = None
+    elif isinstance(value, int) and not isinstance(value, bool):
+        value = [value]
+    if (not isinstance(value, list) or not value
+            or not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in value)):
+        raise ValueError(f"widths must be integers >= 1, one per hidden layer (a recipe: "
+                         f"widths = [300, 100]; the command line: --widths 300,100); got {given!r}")
+    return value
 
 
 def _default_job_text() -> str:
@@ -265,6 +283,11 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("run_dir")
     export.add_argument("--format", choices=("torchscript", "onnx"), default="torchscript")
     export.add_argument("--output", default=None, help="file to write (default in the run dir)")
+    export.add_argument(
+        "--without-standardisation", dest="standardise", action="store_false",
+        help="leave out the input standardisation that the file otherwise starts with: it then "
+             "takes standardised inputs, as the network saw in training, instead of inputs as "
+             "the data set holds them (images scaled to [0, 1])")
     commands.add_parser("list", help="list methods, models and data sets")
     return parser
 
@@ -286,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
             print(write_report(args.run_dir))
             return 0
         if args.command == "export":
-            print(run.export_run(args.run_dir, args.format, args.output))
+            print(run.export_run(args.run_dir, args.format, args.output, args.standardise))
             return 0
         print("methods: ", ", ".join(f"{n} ({m.description})" for n, m in METHODS.items()))
         print("models:  ", ", ".join(MODELS))
@@ -336,10 +359,19 @@ def _run_command(args: argparse.Namespace, argv: list[str], distributed):
     if args.command == "train":
         options = {k: v for k, v in vars(args).items() if k != "command"}
         config = config_from_options(options, "neuroplast " + shlex.join(argv))
+        if distributed is None or distributed.is_main:
+            print(f"neuroplast: {_describe(config)}", file=sys.stderr)
         return run.train_run(config, distributed=distributed), config.run_dir()
     summary = run.resume_run(args.run_dir, progress=args.progress, distributed=distributed,
                              device=args.device, threads=args.threads)
     return summary, Path(args.run_dir)
+
+
+def _describe(config: RunConfig) -> str:
+    """One line saying which job runs, so an added option never changes it unnoticed."""
+    widths = "" if config.widths is None else " " + "-".join(map(str, config.widths))
+    return (f"training {config.method} on {config.model}{widths}, {config.dataset}, "
+            f"{config.train.epochs} epochs, seed {config.train.seed} -> {config.run_dir()}")
 
 
 def _exit_status(stopped_early: str | None) -> int:

@@ -153,6 +153,34 @@ def compact_model(model: nn.Module) -> nn.Module:
     return compact.eval()
 
 
+MeanStd = tuple[list[float], list[float]]
+
+
+def standardisation_layer(mean: list[float], std: list[float], input_ndim: int) -> nn.Module:
+    """A plain PyTorch layer computing ``(x - mean) / std`` per channel (dimension 1).
+
+    An eval-mode BatchNorm without affine parameters and with ``eps = 0`` is exactly that, and
+    every runtime (TorchScript, ONNX) knows it, so an exported file needs nothing custom.
+    """
+    if input_ndim not in (1, 2, 3):
+        raise ExportError(f"cannot standardise inputs of {input_ndim} dimensions per example")
+    norm_class = (nn.BatchNorm1d, nn.BatchNorm1d, nn.BatchNorm2d)[input_ndim - 1]
+    layer = norm_class(len(mean), eps=0.0, affine=False)
+    layer.running_mean.copy_(torch.tensor(mean, dtype=torch.float32))
+    layer.running_var.copy_(torch.tensor(std, dtype=torch.float32).square())
+    return layer.eval()
+
+
+def _exportable(
+    model: nn.Module, input_shape: tuple[int, ...], mean_std: MeanStd | None
+) -> nn.Module:
+    compact = compact_model(model)
+    if mean_std is None:
+        return compact
+    front = standardisation_layer(*mean_std, input_ndim=len(input_shape))
+    return nn.Sequential(front.to(_example_input(compact, input_shape).device), compact).eval()
+
+
 def _example_input(model: nn.Module, input_shape: tuple[int, ...], batch: int = 2) -> torch.Tensor:
     """A fixed random batch for tracing, on the model's device."""
     parameter = next(model.parameters(), None)
@@ -162,21 +190,35 @@ def _example_input(model: nn.Module, input_shape: tuple[int, ...], batch: int = 
 
 
 def export_torchscript(
-    model: nn.Module, path: str | os.PathLike, input_shape: tuple[int, ...]
+    model: nn.Module,
+    path: str | os.PathLike,
+    input_shape: tuple[int, ...],
+    mean_std: MeanStd | None = None,
 ) -> Path:
-    """Compact ``model`` and save it as TorchScript (``torch.jit.load`` runs it, no neuroplast)."""
+    """Compact ``model`` and save it as TorchScript (``torch.jit.load`` runs it, no neuroplast).
+
+    ``mean_std`` (per-channel lists) puts the input standardisation in front of the network.
+    """
     path = Path(path)
-    compact = compact_model(model)
+    compact = _exportable(model, input_shape, mean_std)
     with torch.no_grad():
         scripted = torch.jit.trace(compact, _example_input(compact, input_shape))
     _atomic_save(lambda tmp: torch.jit.save(scripted, tmp), path)
     return path
 
 
-def export_onnx(model: nn.Module, path: str | os.PathLike, input_shape: tuple[int, ...]) -> Path:
-    """Compact ``model`` and save it as ONNX with a dynamic batch dimension."""
+def export_onnx(
+    model: nn.Module,
+    path: str | os.PathLike,
+    input_shape: tuple[int, ...],
+    mean_std: MeanStd | None = None,
+) -> Path:
+    """Compact ``model`` and save it as ONNX with a dynamic batch dimension.
+
+    ``mean_std`` (per-channel lists) puts the input standardisation in front of the network.
+    """
     path = Path(path)
-    compact = compact_model(model)
+    compact = _exportable(model, input_shape, mean_std)
     example = _example_input(compact, input_shape)
 
     def write(tmp: str) -> None:
@@ -185,13 +227,27 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_shape: tuple[in
                 compact, (example,), tmp, input_names=["input"], output_names=["logits"],
                 dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False,
             )
-        except ModuleNotFoundError as error:
+        except Exception as error:
+            missing = _missing_onnx_package(error)
+            if missing is None:
+                raise
             raise ExportError(
-                f"ONNX export needs an extra package ({error.name}): pip install 'neuroplast[onnx]'"
+                f"ONNX export needs an extra package ({missing}): pip install 'neuroplast[onnx]'"
             ) from error
 
     _atomic_save(write, path)
     return path
+
+
+def _missing_onnx_package(error: BaseException) -> str | None:
+    """The package whose absence ``error`` reports (torch wraps the ImportError), or None."""
+    while error is not None:
+        if isinstance(error, ModuleNotFoundError):
+            return error.name or "onnx"
+        if "not installed" in str(error):  # torch.onnx.OnnxExporterError: "Module onnx is ..."
+            return "onnx"
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def _atomic_save(write, path: Path) -> None:

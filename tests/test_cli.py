@@ -43,6 +43,21 @@ def test_recipe_file_and_typed_options_merge(tmp_path, capsys):
     assert config["train"]["batch_size"] == 100
 
 
+@pytest.mark.parametrize("written,widths", [("16", [16]), ('"12,6"', [12, 6]),
+                                            ('"12,x"', None), ('[4, 0]', None), ("true", None)])
+def test_recipe_widths_take_the_command_line_forms_or_name_the_problem(
+        tmp_path, capsys, written, widths):
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(f'dataset = "digits"\nepochs = 1\nwidths = {written}\n')
+    code, _, err = run(capsys, "train", "--config", recipe, "--no-progress",
+                       "--out", tmp_path / "r")
+    if widths is None:
+        assert code == 2 and "widths = [300, 100]" in err and "Traceback" not in err
+    else:
+        assert code == 0
+        assert json.loads((tmp_path / "r" / "config.json").read_text())["widths"] == widths
+
+
 def test_a_recipe_option_of_another_method_names_the_method(tmp_path, capsys):
     recipe = tmp_path / "recipe.toml"
     recipe.write_text('dataset = "digits"\nepochs = 1\nnpn_k = 3.0\n')  # forgot method
@@ -140,3 +155,16 @@ def test_parsed_train_arguments_make_a_config_without_the_launch_options():
     config = config_from_options(args)
     assert config.method == "metanet" and config.train.epochs == 3
     assert config.method_options["growth_fraction"] == 1.0
+
+
+def test_the_csv_label_column_can_be_chosen(tmp_path, capsys):
+    rows = ["a,b,digit"] + [f"{i % 3 + 0.1 * i},{-i},{i % 3}" for i in range(60)]
+    (tmp_path / "d.csv").write_text("\n".join(rows) + "\n")
+    common = ("train", "--dataset", "csv", "--data-dir", tmp_path / "d.csv", "--epochs", "1",
+              "--no-progress")
+    code, _, err = run(capsys, *common, "--out", tmp_path / "a")
+    assert code == 2 and "--label-column" in err  # no column named label, y, target, class
+    code, _, _ = run(capsys, *common, "--label-column", "digit", "--out", tmp_path / "b")
+    assert code == 0
+    summary = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert summary["initial_widths"] and summary["test_accuracy"] is not None

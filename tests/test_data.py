@@ -573,3 +573,10 @@ def test_real_mnist() -> None:
     for y in (s.y_train, s.y_val, s.y_test):
         assert sorted(y.unique().tolist()) == list(range(10))
     assert s.y_test.bincount().tolist()[:2] == [980, 1135]  # the official test class counts
+
+
+def test_a_file_given_as_the_mnist_folder_is_named_as_such(tmp_path: Path) -> None:
+    file = tmp_path / "train-images-idx3-ubyte.gz"
+    file.write_bytes(b"")
+    with pytest.raises(DataError, match="is a file; mnist is read from the folder"):
+        load_dataset("mnist", file, download=False)

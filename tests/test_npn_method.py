@@ -221,6 +221,17 @@ def test_physical_prune_removes_dead_units_from_the_tensors(moons):
     assert any("pruned fc1" in event for record in history for event in record["events"])
 
 
+def test_a_layer_pruned_to_nothing_is_reported_once(moons):
+    method = NPN(mode="prune", k=7.0, stages=(0.1, 0.8), lambdas=(5e-2, 1e-5), gate_lr=0.1)
+    history = Trainer(_moons_mlp(), moons, method, _config(epochs=12)).fit()
+    events = [event for record in history for event in record["events"]
+              if "no active" in event]
+    assert history[-1]["widths"]["fc1"] == 0
+    assert events == ["fc1 has no active input features left, so the network's output no longer "
+                      "depends on its input: lower this layer's lambda (--npn-lambdas)"]
+    assert history[-1]["val_accuracy"] < 0.7  # indeed: it no longer sees its input
+
+
 # ----------------------------------------------------------------------------- expansion
 def _expand(implementation, **options):
     settings = dict(mode="expand", implementation=implementation, k=7.0, stages=(0.1, 0.8),

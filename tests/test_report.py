@@ -115,6 +115,15 @@ def test_write_report_full_run(tmp_path: Path) -> None:
     assert len(re.findall(r"^\| [1-5] \|", text, flags=re.MULTILINE)) == 5
 
 
+def test_write_report_says_what_each_width_counts(tmp_path: Path) -> None:
+    _write_run(tmp_path, _synthetic_records(),
+               layer_counts=["input features", "units it outputs"])
+    text = write_report(tmp_path).read_text()
+    assert "| Layer | Counts | Initial width |" in text
+    assert "| fc1 | input features | 16 | 24 | +50.0 % |" in text
+    assert "| fc2 | units it outputs | 8 | 5 | -37.5 % |" in text
+
+
 def test_write_report_keeps_and_links_decision_boundary(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     _write_run(tmp_path, _synthetic_records()[:1])

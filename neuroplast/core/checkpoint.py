@@ -439,7 +439,12 @@ def load_checkpoint(
             f"{n}: saved {expected[n]} vs model {actual[n]}"
             for n in expected if expected[n] != actual[n]
         ]
-        raise CheckpointError(f"checkpoint does not fit the model: {diff[:5]}")
+        hint = ""
+        if set(expected) - set(actual):
+            hint = (" (the saved model holds more tensors: a training method added modules to "
+                    "it, such as NPN's or L0's gates; neuroplast.train.run.load_run_model(run_dir)"
+                    " rebuilds such a run's model, compacted)")
+        raise CheckpointError(f"checkpoint does not fit the model: {diff[:5]}{hint}")
     state = {name[len("model/"):]: t for name, t in tensors.items() if name.startswith("model/")}
     model.load_state_dict(state, strict=True)
     return Checkpoint(model=model, manifest=manifest, tensors=tensors)

@@ -45,6 +45,10 @@ class DataSplits:
     num_classes: int
     input_shape: tuple[int, ...]
     class_names: list[str] | None = None
+    # How raw inputs (images scaled to [0, 1], or table values) became ``x_*``:
+    # ``x = (raw - input_mean) / input_std`` per channel or feature; None when left raw.
+    input_mean: list[float] | None = None
+    input_std: list[float] | None = None
 
     def __repr__(self) -> str:
         # The default dataclass repr would print every tensor; a summary is what one wants to see.
@@ -176,6 +180,7 @@ def finish(
     """
     x_tr, y_tr, x_val, y_val = split_off(x_train, y_train, n_val, seed)
     tensors = [_to_tensor(x, scale) for x in (x_tr, x_val, x_test)]
+    mean = std = None
     if standardise:
         reduce_dims = tuple(d for d in range(tensors[0].ndim) if d != 1)
         std, mean = torch.std_mean(tensors[0], dim=reduce_dims, correction=0, keepdim=True)
@@ -198,4 +203,6 @@ def finish(
         num_classes=num_classes,
         input_shape=tuple(int(d) for d in x_train.shape[1:]),
         class_names=class_names,
+        input_mean=None if mean is None else mean.reshape(-1).tolist(),
+        input_std=None if std is None else std.reshape(-1).tolist(),
     )

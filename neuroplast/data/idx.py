@@ -227,6 +227,9 @@ def load_idx_dataset(
     """
     source = SOURCES[name]
     directory = data_dir if data_dir is not None else cache_root() / "datasets" / name
+    if directory.is_file():
+        raise DataError(f"{name}: --data-dir {directory} is a file; {name} is read from the "
+                        f"folder holding its four files ({', '.join(f'{s}.gz' for s in FILES)})")
     missing = [stem for stem in FILES if _find(directory, stem) is None]
     failure = _download_missing(directory, source, missing) if missing and download else None
     paths: dict[str, Path] = {}

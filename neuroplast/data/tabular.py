@@ -119,8 +119,8 @@ def _label_column(header: list[str], wanted: str | None, path: Path) -> int:
             return lowered.index(candidate)
     raise DataError(
         f"{path} has no label column (tried {', '.join(LABEL_COLUMNS)}); its columns are "
-        f"{names}. Name the label column one of those, or pass label_column=... to "
-        "load_dataset"
+        f"{names}. Name the label column one of those, or choose it with --label-column "
+        "(a recipe: label_column = \"...\"; Python: load_dataset(..., label_column=...))"
     )
 
 

@@ -77,6 +77,11 @@ class GatedLayer:
     dim: int
 
     @property
+    def counts(self) -> str:
+        """What the gates switch: a conv's output channels or a Linear's input features."""
+        return "output channels" if self.dim == 0 else "input features"
+
+    @property
     def size(self) -> int:
         """Number of gates (units, or unit positions for a per-position gate)."""
         return self.gate.phi.numel()

@@ -105,6 +105,10 @@ class L0HardConcrete(Method):
         """Units (or unit positions) per gated layer whose test-time gate is above 0."""
         return {layer.name: int(layer.gate.active().sum()) for layer in self._layers}
 
+    def width_meanings(self, model: nn.Module) -> dict[str, str]:
+        """A gated conv counts its output channels, a gated Linear its input features."""
+        return {layer.name: layer.counts for layer in self._layers}
+
     def live_model(self, model: nn.Module) -> nn.Module:
         """The plain compact network: dead units removed, gate scales folded."""
         return compact_npn(model)

@@ -165,6 +165,7 @@ class NPN(Method):
         self._reserve: dict[str, torch.Tensor] = {}
         self._gate_optimizer: torch.optim.Adam | None = None
         self._gate_optimizer_state: dict[str, Any] | None = None
+        self._emptied: set[str] = set()  # layers already reported as having no live unit
 
     # ----------------------------------------------------------------- schedule
     def schedule(self, epochs: int) -> list[tuple[int, float]]:
@@ -368,6 +369,17 @@ class NPN(Method):
         if self.implementation == "physical":
             last = self._epochs is not None and epoch >= self._epochs
             self._remove_dead(trainer, self._k_now if last else self.k_at(epoch + 1))
+        self._report_empty_layers(trainer)
+
+    def _report_empty_layers(self, trainer: Trainer) -> None:
+        """Say so when a layer's gates are all off: the output then ignores the input."""
+        for layer in self._layers:
+            if layer.name in self._emptied or bool(layer.gate.active().any()):
+                continue
+            self._emptied.add(layer.name)
+            trainer.log_event(
+                f"{layer.name} has no active {layer.counts} left, so the network's output no "
+                f"longer depends on its input: lower this layer's lambda (--npn-lambdas)")
 
     # ----------------------------------------------------------------- expansion
     def _expand(self, trainer: Trainer) -> None:
@@ -475,6 +487,10 @@ class NPN(Method):
         """Units (or unit positions) per gated layer whose gate is on (pi >= 0.5), in order."""
         return {layer.name: int(self._gate(model, layer).active().sum())
                 for layer in self._layers}
+
+    def width_meanings(self, model: nn.Module) -> dict[str, str]:
+        """A gated conv counts its output channels, a gated Linear its input features."""
+        return {layer.name: layer.counts for layer in self._layers}
 
     def live_model(self, model: nn.Module) -> nn.Module:
         """The plain compact network the gated model is at test time."""

@@ -187,18 +187,21 @@ def _layer_section(summary: dict, records: Sequence[dict], layers: Sequence[str]
         return "## Layers\n\nNo resizable layers were recorded."
     initial = _initial_widths(summary) or []
     final = _final_widths(summary, records, layers) or []
+    counts = summary.get("layer_counts")
+    counts = counts if isinstance(counts, list) and len(counts) == len(layers) else None
+    # What a width counts differs by method (a layer's own units, or a gated Linear's inputs)
     lines = [
         "## Layers",
         "",
-        "| Layer | Initial width | Final width | Change |",
-        "|---|---:|---:|---:|",
+        "| Layer |" + (" Counts |" if counts else "") + " Initial width | Final width | Change |",
+        "|---|" + ("---|" if counts else "") + "---:|---:|---:|",
     ]
     for index, name in enumerate(layers):
         start = initial[index] if index < len(initial) else None
         end = final[index] if index < len(final) else None
-        lines.append(
-            f"| {md_cell(name)} | {fmt_int(start)} | {fmt_int(end)} | {fmt_change(start, end)} |"
-        )
+        meaning = f" {md_cell(str(counts[index]))} |" if counts else ""
+        lines.append(f"| {md_cell(name)} |{meaning} {fmt_int(start)} | {fmt_int(end)} "
+                     f"| {fmt_change(start, end)} |")
     return "\n".join(lines)
 
 

@@ -125,6 +125,10 @@ class Method(Callback):
 
         return layer_widths(model)
 
+    def width_meanings(self, model: nn.Module) -> dict[str, str]:
+        """What each entry of :meth:`live_widths` counts, for summaries and reports."""
+        return dict.fromkeys(self.live_widths(model), "units it outputs")
+
     def options(self) -> dict[str, Any]:
         """The method's hyper-parameters as a JSON-able dict."""
         from dataclasses import asdict, is_dataclass

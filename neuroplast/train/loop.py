@@ -367,7 +367,9 @@ class Trainer:
         seen = position.get("seen", 0)
         self.model.train()
         bar = tqdm(total=len(batches), initial=first, desc=f"epoch {epoch}/{self.config.epochs}",
-                   disable=not self.config.progress, leave=False, dynamic_ncols=True,
+                   # None: no bar when stderr is a log file, where it would only add noise
+                   disable=None if self.config.progress else True, leave=False,
+                   dynamic_ncols=True,
                    mininterval=0.5)
         done, steps_done = first, self.step  # batches fully applied, and the steps they took
         interrupt = _InterruptFlag()

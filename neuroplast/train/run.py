@@ -49,6 +49,7 @@ class RunConfig:
     model: str = "mlp"
     dataset: str = "digits"
     data_dir: str | None = None
+    label_column: str | None = None  # csv only
     widths: list[int] | None = None
     activation: str | None = None  # the hidden layers' activation (mlp and lenet300 only)
     val_fraction: float | None = None
@@ -117,10 +118,17 @@ def _discard_unstarted_run(run_dir: Path, created: bool) -> None:
         run_dir.rmdir()
 
 
+def _load_data(config: RunConfig) -> DataSplits:
+    return load_dataset(config.dataset, config.data_dir, seed=config.train.seed,
+                        val_fraction=config.val_fraction, standardise=config.standardise,
+                        label_column=config.label_column)
+
+
 def _build(
     config: RunConfig,
     callbacks: Sequence[Callback] = (),
     distributed: DistributedContext | None = None,
+    data: DataSplits | None = None,
 ) -> tuple[DataSplits, Trainer]:
     config.train.validate()
     if config.train.threads is not None:
@@ -135,8 +143,8 @@ def _build(
                              f" (their hidden layers); {config.model} has fixed activations")
         options["activation"] = config.activation
     seed_everything(config.train.seed)
-    data = load_dataset(config.dataset, config.data_dir, seed=config.train.seed,
-                        val_fraction=config.val_fraction, standardise=config.standardise)
+    if data is None:
+        data = _load_data(config)
     model = build_model(config.model, data.input_shape, data.num_classes, **options)
     method = build_method(config.method, config.method_options)
     trainer = Trainer(model, data, method, config.train, run_dir=config.run_dir(),
@@ -164,23 +172,65 @@ def train_run(
         distributed.barrier()  # every rank has checked before rank 0 clears the directory
     is_main = distributed is None or distributed.is_main
     created = not run_dir.exists()
-    if is_main:
-        _clear_run_dir(run_dir)
+    cleared = False
     try:
-        _, trainer = _build(config, callbacks, distributed)
+        # Data and model first: a wrong --data-dir must not cost an --overwrite'd old run.
+        data, trainer = _build(config, callbacks, distributed)
         if is_main:
-            write_atomic(run_dir / CONFIG_FILE, json.dumps(config.to_json(), indent=1).encode())
+            _clear_run_dir(run_dir)
+            cleared = True
+            record = json.dumps(_config_record(config, data), indent=1).encode()
+            write_atomic(run_dir / CONFIG_FILE, record)
         trainer.fit()
     except BaseException:
-        # A run that failed before its first checkpoint (bad data, an option only the model
-        # can check, a missing package) has nothing to resume: leave the directory reusable.
-        if is_main and not (run_dir / "checkpoint").exists():
+        # A run that failed before its first checkpoint (an option only the model can check,
+        # a missing package, an interrupt) has nothing to resume: leave the directory reusable.
+        if is_main and cleared and not (run_dir / "checkpoint").exists():
             _discard_unstarted_run(run_dir, created)
         raise
     summary = finish_run(config, trainer)
     if is_main and not (run_dir / "checkpoint").exists():  # stopped before anything was saved
         _discard_unstarted_run(run_dir, created)
     return summary
+
+
+def _config_record(config: RunConfig, data: DataSplits) -> dict[str, Any]:
+    """What config.json holds: the configuration, plus what reloading the model needs.
+
+    The data directory is stored absolute, so ``resume`` works from any directory; ``data``
+    (shapes, classes, input standardisation) lets ``export`` and :func:`load_run_model`
+    rebuild the model without the data set, on another machine.
+    """
+    record = config.to_json()
+    if config.data_dir is not None:
+        record["data_dir"] = str(Path(config.data_dir).expanduser().resolve())
+    record["data"] = {
+        "input_shape": list(data.input_shape),
+        "num_classes": data.num_classes,
+        "class_names": data.class_names,
+        "input_mean": data.input_mean,
+        "input_std": data.input_std,
+    }
+    return record
+
+
+def read_data_record(run_dir: str | Path) -> dict[str, Any] | None:
+    """The ``data`` block of a run's config.json (None for runs made before it existed)."""
+    path = Path(run_dir) / CONFIG_FILE
+    try:
+        record = json.loads(path.read_text()).get("data")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
+    return record if isinstance(record, dict) and "input_shape" in record else None
+
+
+def _shape_only_data(name: str, record: dict[str, Any]) -> DataSplits:
+    """Empty splits with a run's input shape and classes: enough to rebuild its model."""
+    shape = tuple(int(d) for d in record["input_shape"])
+    x, y = torch.empty((0, *shape)), torch.empty(0, dtype=torch.int64)
+    return DataSplits(name, x, y, x, y, x, y, int(record["num_classes"]), shape,
+                      class_names=record.get("class_names"),
+                      input_mean=record.get("input_mean"), input_std=record.get("input_std"))
 
 
 def read_config(run_dir: str | Path) -> RunConfig:
@@ -243,6 +293,7 @@ def finish_run(config: RunConfig, trainer: Trainer) -> dict[str, Any]:
         "test_loss": last.get("test_loss"),
         "val_accuracy": last.get("val_accuracy"),
         "layer_names": list(trainer.initial_widths),
+        "layer_counts": list(trainer.method.width_meanings(trainer.model).values()),
         "initial_widths": list(trainer.initial_widths.values()),
         "final_widths": list(trainer.method.live_widths(trainer.model).values()),
         "params": last.get("params"),
@@ -284,22 +335,47 @@ def _plot_moons(trainer: Trainer, run_dir: Path) -> None:
                            title=f"{trainer.method.name}: test points and decision boundary")
 
 
-def export_run(run_dir: str | Path, fmt: str, output: str | Path | None = None) -> Path:
-    """Export a run's final model (compacted) to TorchScript or ONNX."""
+def export_run(
+    run_dir: str | Path, fmt: str, output: str | Path | None = None, standardise: bool = True
+) -> Path:
+    """Export a run's final model (compacted) to TorchScript or ONNX.
+
+    With ``standardise`` (the default) the file starts with the run's input standardisation,
+    so it takes inputs as the data set holds them (images scaled to [0, 1]); without it, it
+    takes standardised inputs, as the network saw in training. No data set is needed.
+    """
     if fmt not in ("torchscript", "onnx"):
         raise ValueError(f"unknown export format '{fmt}'; choose torchscript or onnx")
     live, input_shape = load_run_model(run_dir)
+    mean_std = run_standardisation(run_dir) if standardise else None
     if fmt == "torchscript":
         target = Path(output or Path(run_dir) / "model.torchscript.pt")
-        return export_torchscript(live, target, input_shape)
-    return export_onnx(live, Path(output or Path(run_dir) / "model.onnx"), input_shape)
+        return export_torchscript(live, target, input_shape, mean_std)
+    return export_onnx(live, Path(output or Path(run_dir) / "model.onnx"), input_shape, mean_std)
+
+
+def run_standardisation(run_dir: str | Path) -> tuple[list[float], list[float]] | None:
+    """A run's input standardisation ``(mean, std)`` per channel or feature, None if raw.
+
+    Runs made before config.json recorded it reload their data set to find it.
+    """
+    record = read_data_record(run_dir)
+    if record is None:
+        config = read_config(run_dir)
+        data = _load_data(config)
+        record = {"input_mean": data.input_mean, "input_std": data.input_std}
+    if record.get("input_mean") is None:
+        return None
+    return list(record["input_mean"]), list(record["input_std"])
 
 
 def load_run_model(run_dir: str | Path) -> tuple[nn.Module, tuple[int, ...]]:
     """A run's model as its last checkpoint holds it, on the CPU, and its input shape.
 
     The model is the one the method evaluates (``live_model``): for gated methods the compact
-    plain network, live units only, in eval mode (call ``.train()`` to train it on). Rebuilding
+    plain network, live units only, in eval mode (call ``.train()`` to train it on). It takes
+    standardised inputs, as in training (:func:`run_standardisation` gives the statistics);
+    the data set itself is not needed. Rebuilding
     the run seeds the global random generators with the run's seed and sets torch's thread
     count as the run did. Example::
 
@@ -309,6 +385,8 @@ def load_run_model(run_dir: str | Path) -> tuple[nn.Module, tuple[int, ...]]:
     config.out = str(run_dir)
     config.train.progress = False
     config.train.device = "cpu"  # what it returns loads anywhere, GPU-trained or not
-    data, trainer = _build(config)
+    record = read_data_record(run_dir)  # runs made before it was recorded load their data
+    known = None if record is None else _shape_only_data(config.dataset, record)
+    data, trainer = _build(config, data=known)
     trainer.restore(Path(run_dir) / "checkpoint")
     return trainer.method.live_model(trainer.model), data.input_shape
