@@ -18,7 +18,7 @@ from torch import nn
 
 from .core.groups import find_unit_groups, model_chains
 from .core.layers import layer_coupling
-from .core.resize import prune_units
+from .core.resize import expand_unit_indices, prune_units
 
 
 class ExportError(RuntimeError):
@@ -35,16 +35,107 @@ def _test_scale(module: nn.Module) -> torch.Tensor | None:
 def _prune_dead_units(model: nn.Module) -> None:
     for name, group in find_unit_groups(model).items():
         scale = torch.ones(group.width)
-        for _, module in group.path:
+        last_zero = torch.full((group.width,), -1)  # path position of a unit's last closed gate
+        for position, (_, module) in enumerate(group.path):
             gate_scale = _test_scale(module)
             if gate_scale is not None:
                 scale = scale * gate_scale.to(scale)
-        alive = torch.nonzero(scale != 0).reshape(-1)
+                last_zero[gate_scale.cpu() == 0] = position
+        removable = _fold_dead_units(group, torch.nonzero(scale == 0).reshape(-1), last_zero)
+        keep = torch.ones(group.width, dtype=torch.bool)
+        keep[removable] = False
+        alive = torch.nonzero(keep).reshape(-1)
         if alive.numel() == 0:
             # A layer keeps one unit; its zero scale is folded in below, so it contributes 0.
             alive = torch.tensor([0])
         if alive.numel() < group.width:
             prune_units(model, name, alive)
+
+
+def _fold_dead_units(group, dead: torch.Tensor, last_zero: torch.Tensor) -> torch.Tensor:
+    """The dead units that can be removed without changing the model's outputs.
+
+    A closed gate makes a unit 0, but what the consumer reads from it is what the layers after
+    the gate make of 0: 0 through ReLU or pooling, a constant through a BatchNorm's shift or a
+    sigmoid. Such a constant moves into the consumer's bias (exact for a Linear, and for a
+    conv without padding, whose every output reads the same number of inputs); a unit whose
+    constant cannot move stays, its gate's 0 folded into it, so it still delivers the constant.
+    """
+    removable = []
+    for position in torch.unique(last_zero[dead]).tolist():
+        units = dead[last_zero[dead] == position]
+        constant = _constant_after(group.path[position + 1 :], group.width)
+        if constant is None:
+            continue
+        values = constant[units]
+        shifting = values != 0
+        if bool(shifting.any()) and not _add_to_consumer_bias(
+                group, units[shifting], values[shifting]):
+            continue
+        removable.append(units)
+    return torch.cat(removable) if removable else torch.zeros(0, dtype=torch.long)
+
+
+# Layers that map a unit that is one constant everywhere to that same constant (eval mode).
+_CONSTANT_MAPS = (
+    nn.Identity, nn.Flatten, nn.modules.dropout._DropoutNd, nn.modules.pooling._MaxPoolNd,
+    nn.modules.pooling._AvgPoolNd, nn.modules.pooling._AdaptiveAvgPoolNd,
+    nn.modules.pooling._AdaptiveMaxPoolNd,
+)
+
+
+def _constant_after(modules, width: int) -> torch.Tensor | None:
+    """Per unit, what ``modules`` (eval mode) make of a unit that is 0 everywhere; None when
+    that is not one number per unit (a padded average pooling of a nonzero constant) or a
+    layer's effect is unknown."""
+    x = torch.zeros(1, width)
+    for _, module in modules:
+        scale = _test_scale(module)
+        coupling = layer_coupling(module)
+        if scale is not None:
+            x = x * scale.to(x)
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+            if module.running_mean is None:
+                return None  # normalises by each batch's statistics even in eval mode
+            x = nn.functional.batch_norm(
+                x, module.running_mean.detach().float().cpu(),
+                module.running_var.detach().float().cpu(),
+                None if module.weight is None else module.weight.detach().float().cpu(),
+                None if module.bias is None else module.bias.detach().float().cpu(),
+                training=False, eps=module.eps)
+        elif isinstance(module, nn.modules.pooling._AvgPoolNd) and bool(x.any()) and (
+                module.count_include_pad and any(torch.tensor(module.padding).reshape(-1))):
+            return None  # the border windows average in the zero padding
+        elif isinstance(module, _CONSTANT_MAPS):
+            continue
+        elif coupling is not None and coupling.passthrough:
+            x = module(x)  # an elementwise activation
+        elif not bool(x.any()) and coupling is not None and coupling.positively_homogeneous:
+            continue
+        else:
+            return None
+    return x.reshape(-1)
+
+
+def _add_to_consumer_bias(group, units: torch.Tensor, values: torch.Tensor) -> bool:
+    """Add what ``units`` (constant ``values``) feed the consumer to its bias, if exact."""
+    consumer = group.consumer
+    weight = consumer.weight.detach()
+    values = values.to(weight)
+    if isinstance(consumer, nn.Linear):
+        block = group.features_per_unit
+        columns = expand_unit_indices(units.to(weight.device), block)
+        shift = weight[:, columns] @ values.repeat_interleave(block)
+    elif isinstance(consumer, nn.modules.conv._ConvNd):
+        if isinstance(consumer.padding, str) or any(consumer.padding):
+            return False  # border outputs read fewer inputs than the others
+        shift = (weight[:, units.to(weight.device)].flatten(2).sum(2) * values).sum(1)
+    else:
+        return False
+    if consumer.bias is None:
+        consumer.bias = nn.Parameter(torch.zeros_like(shift))
+    consumer.bias.data.add_(shift)
+    return True
 
 
 def _scale_along(tensor: torch.Tensor, dim: int, scale: torch.Tensor) -> None:

@@ -191,6 +191,7 @@ def test_truncated_manifest_is_a_clear_error(tmp_path):
     lambda m: m["model"].update(widths=[3]),
     lambda m: m.update(method="garbage"),
     lambda m: m.update(epoch=m["epoch"] + 1),
+    lambda m: (m.update(epoch=m["epoch"] + 1), m.pop("manifest_sha256")),  # and its digest
 ])
 def test_a_manifest_edited_by_hand_is_a_clear_error(tmp_path, edit):
     _saved(tmp_path)

@@ -105,3 +105,35 @@ def test_load_run_model_gives_the_compact_model_the_run_evaluated(tmp_path):
         predicted = model(data.x_test).argmax(dim=1)
     accuracy = (predicted == data.y_test).float().mean().item()
     assert accuracy == pytest.approx(summary["test_accuracy"], abs=1e-6)  # one example: 3e-3
+
+
+def _shifting_models():
+    """Dead units whose consumer still reads a constant: a BatchNorm's shift, a sigmoid."""
+    linear_bn = nn.Sequential(nn.Linear(3, 4), npl.UnitMask(4), nn.BatchNorm1d(4), nn.ReLU(),
+                              nn.Linear(4, 2, bias=False))
+    conv_bn = nn.Sequential(nn.Conv2d(1, 4, 3), npl.UnitMask(4), nn.ReLU(), nn.BatchNorm2d(4),
+                            nn.MaxPool2d(2), nn.Conv2d(4, 3, 2), nn.Flatten(), nn.Linear(12, 2))
+    conv_sigmoid = nn.Sequential(nn.Conv2d(1, 4, 3), npl.UnitMask(4), nn.Sigmoid(),
+                                 nn.Flatten(), nn.Linear(4 * 36, 2))
+    padded = nn.Sequential(nn.Conv2d(1, 4, 3), npl.UnitMask(4), nn.BatchNorm2d(4),
+                           nn.Conv2d(4, 3, 3, padding=1), nn.Flatten(), nn.Linear(3 * 36, 2))
+    # (model, input shape, units left in the gated layer: 2 of 4 removed, or all 4 kept)
+    return [(linear_bn, (3,), 2), (conv_bn, (1, 8, 8), 2), (conv_sigmoid, (1, 8, 8), 2),
+            (padded, (1, 8, 8), 4)]
+
+
+@pytest.mark.parametrize("index", range(4))
+def test_dead_units_that_still_feed_a_constant_keep_the_predictions(index):
+    torch.manual_seed(index)
+    model, shape, left = _shifting_models()[index]
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.running_mean.uniform_(-1.0, -0.2)  # BN(0) > 0: it passes the ReLU
+            module.running_var.uniform_(0.5, 2.0)
+            module.bias.data.uniform_(0.2, 1.0)
+    model[1].mask.copy_(torch.tensor([1.0, 0.0, 0.5, 0.0]))
+    model.eval()
+    x = torch.randn(6, *shape)
+    compact = npl.compact_model(model)
+    assert compact[0].weight.shape[0] == left  # removed where the constant moves into a bias
+    torch.testing.assert_close(compact(x), model(x), rtol=1e-5, atol=1e-5)

@@ -126,5 +126,36 @@ def test_state_not_shaped_like_the_parameter_is_refused():
     model = _net(6)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     optimizer.state[model[0].weight]["odd"] = torch.zeros(3)
+    optimizer.state[model[2].weight]["odd"] = torch.zeros(3)  # a tensor resized after the first
+    before = copy.deepcopy(model.state_dict())
     with pytest.raises(npl.core.UnsupportedOptimizerStateError, match="odd"):
         npl.prune_units(model, "0", [0, 1], optimizer=optimizer)
+    # nothing was changed: not the model, not the optimizer's hold on its parameters
+    assert {k: v.shape for k, v in model.state_dict().items()} == {
+        k: v.shape for k, v in before.items()}
+    assert model[0].out_features == 6 and model(torch.randn(2, 6)).shape == (2, 3)
+    assert optimizer.param_groups[0]["params"][0] is model[0].weight
+
+
+def test_new_units_start_where_the_optimizer_starts_a_fresh_parameter():
+    model = _net(6)
+    adagrad = torch.optim.Adagrad(model.parameters(), lr=0.1, initial_accumulator_value=0.3)
+    _train(model, adagrad, _data(2))
+    npl.grow_units(model, "0", 2, optimizer=adagrad)
+    fresh = torch.optim.Adagrad([nn.Parameter(torch.zeros(2, 6))], initial_accumulator_value=0.3)
+    fresh_sum = next(iter(fresh.state.values()))["sum"]
+    torch.testing.assert_close(adagrad.state[model[0].weight]["sum"][6:], fresh_sum)
+
+    model = _net(6)
+    rprop = torch.optim.Rprop(model.parameters(), lr=0.01)
+    _train(model, rprop, _data(2))
+    npl.grow_units(model, "0", 2, optimizer=rprop)
+    columns = rprop.state[model[2].weight]["step_size"][:, 6:]  # the consumer's new inputs
+    assert torch.all(columns == 0.01)  # Rprop's own start, not 0
+    before = model[2].weight.detach().clone()
+    x, y = _data(1, seed=5)[0]
+    rprop.zero_grad()
+    nn.functional.cross_entropy(model(x), y).backward()
+    rprop.step()
+    moved = (model[2].weight - before).abs()
+    assert moved[:, 6:].max() > 1e-3 and moved[:, :6].max() > 1e-4  # a zero step size would be 1e-6

@@ -365,9 +365,8 @@ def _read_manifest(directory: Path) -> dict[str, Any]:
             f"{path} was written by a newer neuroplast (format {manifest['version']}); "
             "upgrade neuroplast to read it"
         )
-    # Checkpoints written before the digest existed have none and are trusted as they are.
-    if "manifest_sha256" in manifest and manifest["manifest_sha256"] != _manifest_digest(
-            manifest):
+    # Every manifest this format version writes carries its digest: a missing one is an edit.
+    if manifest.get("manifest_sha256") != _manifest_digest(manifest):
         raise CheckpointError(
             f"checkpoint manifest {path} fails its SHA-256 check: it was edited or corrupted "
             "after it was written, so the checkpoint cannot be used"

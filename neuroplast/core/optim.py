@@ -4,8 +4,15 @@ When a resize replaces a parameter by a new tensor of another shape, every optim
 is updated in the same step: the new parameter takes the old one's place in its param group
 (hyper-parameters untouched), every per-parameter state tensor shaped like the parameter
 (SGD ``momentum_buffer``, Adam/AdamW ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``) is
-index-selected along the resized dimension and zero-padded for new units, scalar state such as
-``step`` is kept, and the old parameter's entry is dropped.
+index-selected along the resized dimension and padded for new units (with zeros, or with what
+the optimizer itself starts a parameter at: Adagrad's ``initial_accumulator_value``, Rprop's
+``lr`` as step size), scalar state such as ``step`` is kept, and the old parameter's entry is
+dropped.
+
+A consequence for Adam and AdamW: ``step`` (and so the bias correction) is one count per
+tensor, so new units, whose moments start at zero, take steps of several ``lr`` for their
+first few hundred steps. That is a choice of policy, not of mechanism: MetaNet's
+``warm_second_moments`` gives newborns their layer's mean second moment instead.
 """
 
 from __future__ import annotations
@@ -59,6 +66,32 @@ def as_optimizer_list(optimizer: OptimizerArg) -> list[torch.optim.Optimizer]:
     return optimizers
 
 
+def _new_unit_fill(optimizer: torch.optim.Optimizer, group: dict, key: str) -> float:
+    """The value a state tensor ``key`` holds for a parameter the optimizer has never seen."""
+    if isinstance(optimizer, torch.optim.Adagrad) and key == "sum":
+        return float(group.get("initial_accumulator_value", 0.0))
+    if isinstance(optimizer, torch.optim.Rprop) and key == "step_size":
+        return float(group["lr"])
+    return 0.0
+
+
+def check_optimizer_state(
+    optimizers: Iterable[torch.optim.Optimizer], params: Iterable[torch.Tensor]
+) -> None:
+    """Raise before a resize, not half-way through it, if some state cannot follow ``params``."""
+    params = list(params)
+    for optimizer in optimizers:
+        for param in params:
+            for key, value in optimizer.state.get(param, {}).items():
+                if torch.is_tensor(value) and value.dim() > 0 and value.shape != param.shape:
+                    raise UnsupportedOptimizerStateError(
+                        f"{type(optimizer).__name__} keeps state '{key}' of shape "
+                        f"{tuple(value.shape)} for a parameter of shape {tuple(param.shape)}; "
+                        "neuroplast can only carry state shaped like its parameter across a "
+                        "resize (SGD, Adam, AdamW, RMSprop, Adagrad, Rprop and the like); "
+                        "nothing was changed")
+
+
 def carry_optimizer_state(
     optimizers: Iterable[torch.optim.Optimizer],
     old: nn.Parameter,
@@ -76,14 +109,15 @@ def carry_optimizer_state(
         kept: indices along ``dim`` of ``old`` that survive, in their new order.
         added: number of new slices appended after the kept ones (their state starts at zero).
     """
+    check_optimizer_state(optimizers, [old])
     for optimizer in optimizers:
-        found = False
+        owner = None
         for group in optimizer.param_groups:
             for position, param in enumerate(group["params"]):
                 if param is old:
                     group["params"][position] = new
-                    found = True
-        if not found:
+                    owner = group
+        if owner is None:
             continue
         state = optimizer.state.pop(old, None)
         if not state:
@@ -91,14 +125,8 @@ def carry_optimizer_state(
         carried = {}
         for key, value in state.items():
             if torch.is_tensor(value) and value.dim() > 0:
-                if value.shape != old.shape:
-                    raise UnsupportedOptimizerStateError(
-                        f"{type(optimizer).__name__} keeps state '{key}' of shape "
-                        f"{tuple(value.shape)} for a parameter of shape {tuple(old.shape)}; "
-                        "neuroplast can only carry state shaped like its parameter across a "
-                        "resize (SGD, Adam, AdamW, RMSprop, Adagrad and the like)"
-                    )
-                carried[key] = remap_tensor(value, dim, kept, zeros_along(value, dim, added))
+                fresh = zeros_along(value, dim, added).fill_(_new_unit_fill(optimizer, owner, key))
+                carried[key] = remap_tensor(value, dim, kept, fresh)
             else:
                 # Scalars such as Adam's `step` keep counting, so bias correction continues.
                 carried[key] = value

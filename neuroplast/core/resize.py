@@ -20,6 +20,7 @@ from .optim import (
     OptimizerArg,
     as_optimizer_list,
     carry_optimizer_state,
+    check_optimizer_state,
     remap_tensor,
     zeros_along,
 )
@@ -74,6 +75,8 @@ def _rebuild_group(
 ) -> UnitGroup:
     optimizers = as_optimizer_list(optimizer)
     block = group.features_per_unit  # read before the tensors change
+    present = [getattr(c.module, c.tensor_name, None) for c in group.tensors]
+    check_optimizer_state(optimizers, [t for t in present if isinstance(t, nn.Parameter)])
     for coupled in group.tensors:
         if getattr(coupled.module, coupled.tensor_name, None) is None:
             continue  # e.g. bias=False, or BatchNorm without running statistics
