@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 import neuroplast as npl
+from neuroplast.core.checkpoint import write_atomic
 from neuroplast.models import build_model
 
 
@@ -221,3 +222,16 @@ def test_model_that_does_not_fit_is_a_clear_error(tmp_path):
     other = build_model("mlp", (5,), 2, widths=[3])
     with pytest.raises(npl.CheckpointError, match="does not fit"):
         npl.load_checkpoint(tmp_path, model=other)
+
+
+@pytest.mark.skipif(not hasattr(os, "fchmod"), reason="POSIX file modes")
+def test_written_files_get_the_mode_a_plain_open_would_give(tmp_path):
+    previous = os.umask(0o027)
+    try:
+        write_atomic(tmp_path / "a.json", b"{}")
+        with open(tmp_path / "b.json", "wb"):  # the mode an ordinary write gets
+            pass
+    finally:
+        os.umask(previous)
+    mode = (tmp_path / "a.json").stat().st_mode & 0o777
+    assert mode == (tmp_path / "b.json").stat().st_mode & 0o777 == 0o640
