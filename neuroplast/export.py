@@ -41,13 +41,15 @@ def _prune_dead_units(model: nn.Module) -> None:
             if gate_scale is not None:
                 scale = scale * gate_scale.to(scale)
                 last_zero[gate_scale.cpu() == 0] = position
-        removable = _fold_dead_units(group, torch.nonzero(scale == 0).reshape(-1), last_zero)
+        dead = torch.nonzero(scale == 0).reshape(-1)
+        if dead.numel() == group.width:
+            # A layer keeps one unit: it stays as it is (its zero scale folded in below), so it
+            # delivers what it did, and its constant must not also move into the bias.
+            dead = dead[1:]
+        removable = _fold_dead_units(group, dead, last_zero)
         keep = torch.ones(group.width, dtype=torch.bool)
         keep[removable] = False
         alive = torch.nonzero(keep).reshape(-1)
-        if alive.numel() == 0:
-            # A layer keeps one unit; its zero scale is folded in below, so it contributes 0.
-            alive = torch.tensor([0])
         if alive.numel() < group.width:
             prune_units(model, name, alive)
 

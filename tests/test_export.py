@@ -122,8 +122,9 @@ def _shifting_models():
             (padded, (1, 8, 8), 4)]
 
 
+@pytest.mark.parametrize("all_dead", [False, True])
 @pytest.mark.parametrize("index", range(4))
-def test_dead_units_that_still_feed_a_constant_keep_the_predictions(index):
+def test_dead_units_that_still_feed_a_constant_keep_the_predictions(index, all_dead):
     torch.manual_seed(index)
     model, shape, left = _shifting_models()[index]
     for module in model.modules():
@@ -131,9 +132,11 @@ def test_dead_units_that_still_feed_a_constant_keep_the_predictions(index):
             module.running_mean.uniform_(-1.0, -0.2)  # BN(0) > 0: it passes the ReLU
             module.running_var.uniform_(0.5, 2.0)
             module.bias.data.uniform_(0.2, 1.0)
-    model[1].mask.copy_(torch.tensor([1.0, 0.0, 0.5, 0.0]))
+    model[1].mask.copy_(torch.zeros(4) if all_dead else torch.tensor([1.0, 0.0, 0.5, 0.0]))
     model.eval()
     x = torch.randn(6, *shape)
     compact = npl.compact_model(model)
+    if all_dead:  # one unit stays, delivering its constant once
+        left = 4 if left == 4 else 1
     assert compact[0].weight.shape[0] == left  # removed where the constant moves into a bias
     torch.testing.assert_close(compact(x), model(x), rtol=1e-5, atol=1e-5)
