@@ -80,6 +80,23 @@ def test_grouped_conv_is_refused_with_reason():
         npl.grow_units(model, "0", 2)
 
 
+@pytest.mark.parametrize("where", ["producer", "consumer", "hook"])
+def test_reparametrized_weights_are_refused_before_anything_changes(where):
+    """weight_norm keeps the real tensors hidden: resizing the visible weight used to 'succeed'
+    and the next forward pass failed with a shape error."""
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    if where == "hook":
+        with pytest.warns(FutureWarning):
+            nn.utils.weight_norm(model[0])
+    else:
+        nn.utils.parametrizations.weight_norm(model[0 if where == "producer" else 2])
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(npl.NotResizableError, match="weight_norm|remove_parametrizations"):
+        npl.grow_units(model, "0", 2)
+    assert [p.shape for p in model.parameters()] == [p.shape for p in before]
+    assert model(torch.randn(3, 4)).shape == (3, 2)
+
+
 class Scale(nn.Module):
     """A user layer with one learned factor per unit."""
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from torch import nn
+from torch.nn.utils import parametrize
 
 from .layers import (
     UnsupportedLayerError,
@@ -146,6 +147,26 @@ def model_chains(model: nn.Module) -> list[list[tuple[str, nn.Module]]]:
     return chains
 
 
+def _reparametrized(name: str, module: nn.Module) -> str | None:
+    """Why a module whose tensors are computed from others (weight_norm, spectral_norm) is not
+    resizable, or None: resizing its visible weight would leave the hidden originals as they were
+    and fail at the next forward pass."""
+    kind = type(module).__name__
+    if parametrize.is_parametrized(module):
+        kind = type(module).__bases__[0].__name__  # torch subclasses it as Parametrized<kind>
+        names = list(module.parametrizations.keys())
+        return (f"'{name}' ({kind}) has parametrized tensors ({', '.join(names)}), which "
+                "neuroplast cannot resize: remove them first with torch.nn.utils.parametrize."
+                f"remove_parametrizations(module, '{names[0]}')")
+    hooks = [type(hook).__name__ for hook in module._forward_pre_hooks.values()]
+    legacy = [hook for hook in hooks if hook in ("WeightNorm", "SpectralNorm")]
+    if legacy:
+        return (f"'{name}' ({kind}) uses the hook-based {legacy[0]}, which neuroplast cannot "
+                "resize: remove it first (torch.nn.utils.remove_weight_norm or "
+                "remove_spectral_norm)")
+    return None
+
+
 def _walk_from(
     entries: list[tuple[str, nn.Module]], start: int
 ) -> UnitGroup | str:
@@ -170,6 +191,9 @@ def _walk_from(
         reason = other.check(module) if other.check else None
         if reason:
             return f"'{other_name}' ({kind}) is in the way: {reason}"
+        reason = _reparametrized(other_name, module)
+        if reason:
+            return reason
         if other.consumes:
             tensors += [
                 CoupledTensor(other_name, module, tensor, dim, "consumes")
@@ -203,7 +227,7 @@ def _discover(model: nn.Module) -> tuple[dict[str, UnitGroup], dict[str, str]]:
             if coupling is None or not coupling.produces:
                 continue
             reason = coupling.check(module) if coupling.check else None
-            result = reason or _walk_from(entries, index)
+            result = reason or _reparametrized(name, module) or _walk_from(entries, index)
             if isinstance(result, UnitGroup):
                 groups[name] = result
             else:

@@ -107,7 +107,8 @@ def carry_optimizer_state(
         old, new: the parameter before and after the resize.
         dim: the resized dimension.
         kept: indices along ``dim`` of ``old`` that survive, in their new order.
-        added: number of new slices appended after the kept ones (their state starts at zero).
+        added: number of new slices appended after the kept ones (their state starts as the
+            optimizer starts a fresh parameter's: zero, Adagrad's initial accumulator, Rprop's lr).
     """
     check_optimizer_state(optimizers, [old])
     for optimizer in optimizers:

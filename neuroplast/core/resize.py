@@ -194,7 +194,8 @@ def grow_units(
         values: values for any other coupled tensor, keyed ``"<module name>.<tensor name>"``
             (e.g. ``{"1.weight": ...}`` for a BatchNorm at index 1); default neutral values
             (BatchNorm weight 1, bias 0, running mean 0, running variance 1; others 0).
-        optimizer: optimizer(s) whose state follows; new units' state starts at zero.
+        optimizer: optimizer(s) whose state follows; new units' state starts as a fresh
+            parameter's (zero moments for SGD and Adam).
         generator: random source for the default fan-in.
 
     Example::
@@ -247,7 +248,8 @@ def split_units(
     The copy gets the parent's fan-in (plus Gaussian noise of ``noise_std`` on the weights),
     bias and per-unit state (BatchNorm statistics, gates); parent and copy each keep half of the
     parent's outgoing weights, so with ``noise_std=0`` the network computes the same function.
-    This is Net2Net widening and MetaNet's division. New units' optimizer state starts at zero.
+    This is Net2Net widening and MetaNet's division. The copies' optimizer state starts as a fresh
+    parameter's, not as the parent's.
     """
     group = get_unit_group(model, layer)
     parents = _check_units(group, units, "units to split")
