@@ -1,0 +1,183 @@
+"""Tables of every full NPN run on MNIST, read from the committed result JSONs.
+
+``python -m benchmarks.npn_tables`` prints two Markdown tables (LeNet-5-Caffe, LeNet-300-100),
+one row per finished run: the settings that differ from the recipe, the seed, the epochs, the
+final epoch's test error, the architecture (units with ``pi >= 0.5``), the compact model's
+parameters, the training time and whether the issue's goal is met. The README's NPN section
+shows their output; rerun it after adding a run to a JSON, so the tables never drift from the
+files. Each row's full command is in its JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).parent / "results"
+
+LENET5_GOAL = (9, 18, 65, 25)  # L0-sep (Louizos et al.): conv1, conv2, fc1 inputs, fc1 units
+LENET5_ERROR = 1.0
+LENET300_GOAL = 266 + 88 + 33  # L0 hard concrete: fewer neurons in all than 266-88-33
+LENET300_ERROR = 1.6
+
+# Options that name the run's output or its machine, not its training (the implementation
+# changes the speed, not the result, in prune mode).
+_NOT_SETTINGS = {"--out", "--threads", "--data-dir", "--no-progress", "--seed", "--overwrite",
+                 "--npn-implementation", "--config"}
+
+# The SGD recipes were written from options earlier runs typed out (same settings: momentum
+# 0.9 is the default), so those runs are shown as the recipe they match.
+_SGD_RECIPES = {
+    "npn-lenet5-mnist-sparse": (
+        "npn-lenet5-mnist-sparse-sgd",
+        "--epochs 100 --optimizer sgd --lr 0.05 --weight-decay 5e-4 --scheduler cosine "
+        "--lr-milestones '' --npn-gate-optimizer adam --npn-gate-lr 3e-3"),
+    "npn-lenet300-mnist-prune": (
+        "npn-lenet300-mnist-prune-sgd",
+        "--optimizer sgd --lr 0.05 --weight-decay 5e-4 --scheduler cosine "
+        "--npn-gate-optimizer adam --npn-gate-lr 1e-3"),
+}
+
+
+def _pairs(options: str) -> list[tuple[str, str | None]]:
+    words = shlex.split(options)
+    pairs: list[tuple[str, str | None]] = []
+    for index, word in enumerate(words):
+        if word.startswith("--"):
+            value = words[index + 1] if index + 1 < len(words) else None
+            pairs.append((word, None if value is None or value.startswith("--") else value))
+    return pairs
+
+
+def _recipe_and_settings(command: str) -> tuple[str, str]:
+    """The recipe a command runs and the options it adds to it, as they would be typed."""
+    recipe, settings = _recipe(command), _settings(command)
+    if recipe in _SGD_RECIPES:
+        sgd_recipe, sgd_options = _SGD_RECIPES[recipe]
+        given = _pairs(settings)
+        if set(_pairs(sgd_options)) <= set(given):
+            rest = [pair for pair in given if pair not in set(_pairs(sgd_options))]
+            settings = " ".join(
+                word if value is None else f"{word} {shlex.quote(value)}" for word, value in rest)
+            return sgd_recipe, settings or "(the recipe)"
+    return recipe, settings
+
+
+def _settings(command: str) -> str:
+    """The options a command adds to its recipe, as they would be typed."""
+    words = shlex.split(command)
+    kept: list[str] = []
+    index = 0
+    while index < len(words):
+        word = words[index]
+        takes_value = index + 1 < len(words) and not words[index + 1].startswith("--")
+        if word.startswith("--"):
+            if word not in _NOT_SETTINGS:
+                kept.append(word)
+                if takes_value:
+                    kept.append(shlex.quote(words[index + 1]))
+            index += 2 if takes_value else 1
+        else:
+            index += 1
+    return " ".join(kept) or "(the recipe)"
+
+
+def _recipe(command: str) -> str:
+    words = shlex.split(command)
+    if "--config" not in words:
+        return "(command line)"
+    return Path(words[words.index("--config") + 1]).stem
+
+
+def _rows(name: str) -> list[dict[str, Any]]:
+    data = json.loads((RESULTS / name).read_text())
+    return data["runs"] if "runs" in data else [data]
+
+
+def _error(row: dict[str, Any]) -> float:
+    return round(100 - 100 * row["test_accuracy"], 2)
+
+
+def _meets(error_ok: bool, widths_ok: bool) -> str:
+    if error_ok and widths_ok:
+        return "**both**"
+    return "error only" if error_ok else "widths only" if widths_ok else "neither"
+
+
+def lenet5_rows() -> list[list[str]]:
+    """One table row per full LeNet-5-Caffe run (prune, then expand)."""
+    files = [*sorted(RESULTS.glob("npn-lenet5-sparse-full*.json")),
+             *sorted(RESULTS.glob("npn-lenet5-sgd-s*.json")),
+             *sorted(RESULTS.glob("npn-lenet5-expand-full*.json")),
+             *sorted(RESULTS.glob("npn-lenet5-sgd-expand*.json"))]
+    rows = []
+    for path in files:
+        for run in _rows(path.name):
+            widths = [int(width) for width in run["final_widths"]]
+            within = all(w <= g for w, g in zip(widths, LENET5_GOAL, strict=True))
+            error = _error(run)
+            rows.append([
+                *_recipe_and_settings(run["command"]), str(run["seed"]),
+                str(run["epochs"]), f"{error:.2f} %", "-".join(map(str, widths)),
+                f"{run['params']:,}", f"{run['train_seconds'] / 60:.0f} min",
+                _meets(error <= LENET5_ERROR, within),
+                path.name,
+            ])
+    return rows
+
+
+def lenet300_rows() -> list[list[str]]:
+    """One table row per full LeNet-300-100 run."""
+    rows, seen = [], set()
+    for name in ("npn-lenet300-lambda-sweep-s0.json", "npn-lenet300-full-s0.json",
+                 "npn-lenet300-l0arm-l2-s0.json"):
+        for run in _rows(name):
+            widths = [int(width) for width in run["final_widths"]]
+            key = (_recipe_and_settings(run["command"]), tuple(widths), run["test_accuracy"])
+            if key in seen:  # the recipe's run is also the sweep's first row
+                continue
+            seen.add(key)
+            error = _error(run)
+            seconds = run.get("train_seconds")
+            rows.append([
+                *_recipe_and_settings(run["command"]), str(run.get("seed", 0)),
+                str(run["epochs"]), f"{error:.2f} %", "-".join(map(str, widths)),
+                f"{run['params']:,}" if run.get("params") else "-",
+                f"{seconds / 60:.0f} min" if seconds else "-",
+                _meets(error <= LENET300_ERROR, sum(widths) < LENET300_GOAL), name,
+            ])
+    return rows
+
+
+def markdown(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table; the last column (the JSON file) becomes a link on the error."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        *cells, name = row
+        cells = [cell.replace("|", "\\|") for cell in cells]
+        cells[1] = f"`{cells[1]}`" if not cells[1].startswith("(") else cells[1]
+        cells[4] = f"[{cells[4]}](benchmarks/results/{name})"
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+HEADER = ["recipe", "options added", "seed", "epochs", "test error", "architecture",
+          "params", "train time", "meets the goal's"]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.parse_args(argv)
+    print("LeNet-5-Caffe (conv1-conv2 channels, fc1 inputs, fc1 units; goal: error <= 1.0 % "
+          "with at most 9-18-65-25)\n")
+    print(markdown(HEADER, lenet5_rows()))
+    print("\nLeNet-300-100 (input features-fc1-fc2 units; goal: error <= 1.6 % with fewer "
+          "than 387 = 266+88+33 units)\n")
+    print(markdown(HEADER, lenet300_rows()))
+
+
+if __name__ == "__main__":
+    main()
