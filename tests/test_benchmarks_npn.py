@@ -6,7 +6,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks import npn  # noqa: E402
+from benchmarks import npn, npn_tables  # noqa: E402
 
 
 def _config(arguments):
@@ -42,3 +42,30 @@ def test_a_seed_0_boundary_plot_is_kept_beside_the_result_file(tmp_path, monkeyp
     assert (out.parent / "npn-moons-full-expand-s0-boundary.png").read_bytes() == b"\x89PNG fake"
     npn._keep_boundary_plot("moons-full-sparse-s0", out)  # no plot (no matplotlib): nothing
     assert len(list(out.parent.iterdir())) == 1
+
+
+def test_result_tables_show_each_run_as_its_recipe_plus_what_it_added():
+    typed_out = ("neuroplast train --config recipes/npn-lenet5-mnist-sparse.toml --data-dir d "
+                 "--epochs 100 --optimizer sgd --lr 0.05 --weight-decay 5e-4 --scheduler cosine "
+                 "--lr-milestones '' --npn-gate-optimizer adam --npn-gate-lr 3e-3 "
+                 "--npn-lambdas 1,2,3,4 --seed 1 --out runs/x")
+    assert npn_tables._recipe_and_settings(typed_out) == (
+        "npn-lenet5-mnist-sparse-sgd", "--npn-lambdas 1,2,3,4")
+    # one SGD option different (here the epochs): not the SGD recipe, every option shown
+    longer = typed_out.replace("--epochs 100", "--epochs 200")
+    recipe, settings = npn_tables._recipe_and_settings(longer)
+    assert recipe == "npn-lenet5-mnist-sparse" and "--epochs 200" in settings
+    assert "--lr-milestones ''" in settings and "--seed" not in settings
+
+
+def test_result_tables_cover_every_committed_full_mnist_run():
+    rows = npn_tables.lenet5_rows()
+    files = {row[-1] for row in rows}
+    assert {"npn-lenet5-sgd-s0.json", "npn-lenet5-sparse-full-s0.json",
+            "npn-lenet5-expand-full-physical-s0.json"} <= files
+    goal_rows = [row for row in rows if row[8] == "**both**"]
+    for row in goal_rows:  # the goal's bounds, checked from the printed cells
+        widths = [int(width) for width in row[5].split("-")]
+        assert float(row[4].split()[0]) <= 1.0
+        assert all(w <= g for w, g in zip(widths, (9, 18, 65, 25), strict=True))
+    assert npn_tables.lenet300_rows()
