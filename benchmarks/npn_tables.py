@@ -28,13 +28,17 @@ LENET300_ERROR = 1.6
 _NOT_SETTINGS = {"--out", "--threads", "--data-dir", "--no-progress", "--seed", "--overwrite",
                  "--npn-implementation", "--config"}
 
-# The SGD recipes were written from options earlier runs typed out (same settings: momentum
-# 0.9 is the default), so those runs are shown as the recipe they match.
-_SGD_RECIPES = {
+# Later recipes were written from options earlier runs typed out (same settings: momentum 0.9
+# is the default; the -small recipe's config.json was compared with its run's), so those runs
+# are shown as the recipe they match: (recipe, options it adds) -> the later recipe.
+_LATER_RECIPES = {
     "npn-lenet5-mnist-sparse": (
         "npn-lenet5-mnist-sparse-sgd",
         "--epochs 100 --optimizer sgd --lr 0.05 --weight-decay 5e-4 --scheduler cosine "
         "--lr-milestones '' --npn-gate-optimizer adam --npn-gate-lr 3e-3"),
+    "npn-lenet5-mnist-sparse-sgd": (
+        "npn-lenet5-mnist-sparse-sgd-small",
+        "--npn-lambdas 2.5e-4,8.3333e-6,6.5e-6,6e-4 --epochs 130 --npn-stages 0.154,0.538"),
     "npn-lenet300-mnist-prune": (
         "npn-lenet300-mnist-prune-sgd",
         "--optimizer sgd --lr 0.05 --weight-decay 5e-4 --scheduler cosine "
@@ -55,15 +59,15 @@ def _pairs(options: str) -> list[tuple[str, str | None]]:
 def _recipe_and_settings(command: str) -> tuple[str, str]:
     """The recipe a command runs and the options it adds to it, as they would be typed."""
     recipe, settings = _recipe(command), _settings(command)
-    if recipe in _SGD_RECIPES:
-        sgd_recipe, sgd_options = _SGD_RECIPES[recipe]
-        given = _pairs(settings)
-        if set(_pairs(sgd_options)) <= set(given):
-            rest = [pair for pair in given if pair not in set(_pairs(sgd_options))]
-            settings = " ".join(
-                word if value is None else f"{word} {shlex.quote(value)}" for word, value in rest)
-            return sgd_recipe, settings or "(the recipe)"
-    return recipe, settings
+    while recipe in _LATER_RECIPES:
+        later, options = _LATER_RECIPES[recipe]
+        given, implied = _pairs(settings), set(_pairs(options))
+        if not implied <= set(given):
+            break
+        recipe = later
+        settings = " ".join(word if value is None else f"{word} {shlex.quote(value)}"
+                            for word, value in given if (word, value) not in implied)
+    return recipe, settings or "(the recipe)"
 
 
 def _settings(command: str) -> str:
