@@ -23,10 +23,9 @@ LENET5_ERROR = 1.0
 LENET300_GOAL = 266 + 88 + 33  # L0 hard concrete: fewer neurons in all than 266-88-33
 LENET300_ERROR = 1.6
 
-# Options that name the run's output or its machine, not its training (the implementation
-# changes the speed, not the result, in prune mode).
+# Options that name the run's output or its machine, not its training.
 _NOT_SETTINGS = {"--out", "--threads", "--data-dir", "--no-progress", "--seed", "--overwrite",
-                 "--npn-implementation", "--config"}
+                 "--config"}
 
 # Later recipes were written from options earlier runs typed out (same settings: momentum 0.9
 # is the default; the -small recipe's config.json was compared with its run's), so those runs
@@ -38,7 +37,8 @@ _LATER_RECIPES = {
         "--lr-milestones '' --npn-gate-optimizer adam --npn-gate-lr 3e-3"),
     "npn-lenet5-mnist-sparse-sgd": (
         "npn-lenet5-mnist-sparse-sgd-small",
-        "--npn-lambdas 2.5e-4,8.3333e-6,6.5e-6,6e-4 --epochs 130 --npn-stages 0.154,0.538"),
+        "--npn-implementation physical --npn-lambdas 2.5e-4,8.3333e-6,6.5e-6,6e-4 --epochs 130 "
+        "--npn-stages 0.154,0.538"),
     "npn-lenet300-mnist-prune": (
         "npn-lenet300-mnist-prune-sgd",
         "--optimizer sgd --lr 0.05 --weight-decay 5e-4 --scheduler cosine "

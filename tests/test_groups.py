@@ -1,5 +1,7 @@
 """Unit-group discovery: which tensors follow which units, and clear errors where none can."""
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -86,7 +88,8 @@ def test_reparametrized_weights_are_refused_before_anything_changes(where):
     and the next forward pass failed with a shape error."""
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
     if where == "hook":
-        with pytest.warns(FutureWarning):
+        with warnings.catch_warnings():  # deprecated in recent torch, with varying warnings
+            warnings.simplefilter("ignore")
             nn.utils.weight_norm(model[0])
     else:
         nn.utils.parametrizations.weight_norm(model[0 if where == "producer" else 2])
