@@ -3,9 +3,11 @@
 ``python -m benchmarks.npn_tables`` prints two Markdown tables (LeNet-5-Caffe, LeNet-300-100),
 one row per finished run: the settings that differ from the recipe, the seed, the epochs, the
 final epoch's test error, the architecture (units with ``pi >= 0.5``), the compact model's
-parameters, the training time and whether the issue's goal is met. The README's NPN section
-shows their output; rerun it after adding a run to a JSON, so the tables never drift from the
-files. Each row's full command is in its JSON.
+parameters (as ``neuroplast export`` writes it now, reading only the live input features; the
+JSONs' ``params``, recorded in training, still counted dead inputs as zero columns), the
+training time and whether the issue's goal is met. The README's NPN section shows their
+output; rerun it after adding a run to a JSON, so the tables never drift from the files. Each
+row's full command is in its JSON.
 """
 
 from __future__ import annotations
@@ -96,6 +98,17 @@ def _recipe(command: str) -> str:
     return Path(words[words.index("--config") + 1]).stem
 
 
+def lenet5_params(conv1: int, conv2: int, fc1_inputs: int, fc1_units: int) -> int:
+    """Parameters of a compact LeNet-5-Caffe (5x5 kernels, 10 classes) of these widths."""
+    return (25 * conv1 + conv1) + (25 * conv1 * conv2 + conv2) + (
+        fc1_inputs * fc1_units + fc1_units) + (10 * fc1_units + 10)
+
+
+def lenet300_params(inputs: int, fc1: int, fc2: int) -> int:
+    """Parameters of a compact LeNet-300-100 (10 classes) of these widths."""
+    return (inputs * fc1 + fc1) + (fc1 * fc2 + fc2) + (10 * fc2 + 10)
+
+
 def _rows(name: str) -> list[dict[str, Any]]:
     data = json.loads((RESULTS / name).read_text())
     return data["runs"] if "runs" in data else [data]
@@ -126,7 +139,7 @@ def lenet5_rows() -> list[list[str]]:
             rows.append([
                 *_recipe_and_settings(run["command"]), str(run["seed"]),
                 str(run["epochs"]), f"{error:.2f} %", "-".join(map(str, widths)),
-                f"{run['params']:,}", f"{run['train_seconds'] / 60:.0f} min",
+                f"{lenet5_params(*widths):,}", f"{run['train_seconds'] / 60:.0f} min",
                 _meets(error <= LENET5_ERROR, within),
                 path.name,
             ])
@@ -136,7 +149,7 @@ def lenet5_rows() -> list[list[str]]:
 def lenet300_rows() -> list[list[str]]:
     """One table row per full LeNet-300-100 run."""
     rows, seen = [], set()
-    for name in ("npn-lenet300-lambda-sweep-s0.json", "npn-lenet300-full-s0.json",
+    for name in ("npn-lenet300-lambda-sweep.json", "npn-lenet300-full-s0.json",
                  "npn-lenet300-l0arm-l2-s0.json"):
         for run in _rows(name):
             widths = [int(width) for width in run["final_widths"]]
@@ -149,7 +162,7 @@ def lenet300_rows() -> list[list[str]]:
             rows.append([
                 *_recipe_and_settings(run["command"]), str(run.get("seed", 0)),
                 str(run["epochs"]), f"{error:.2f} %", "-".join(map(str, widths)),
-                f"{run['params']:,}" if run.get("params") else "-",
+                f"{lenet300_params(*widths):,}",
                 f"{seconds / 60:.0f} min" if seconds else "-",
                 _meets(error <= LENET300_ERROR, sum(widths) < LENET300_GOAL), name,
             ])

@@ -123,6 +123,9 @@ def prune_with_neuroplast(model: nn.Module, widths: dict[str, int]) -> nn.Module
 def keep_closed_inputs_closed(model: nn.Module) -> None:
     """Fine-tuning must not reopen what NPN closed: zero the gradient of all-zero columns.
 
+    Compaction already drops the closed input columns of a Linear inside an ``nn.Sequential``
+    (it then reads only the live features); this keeps any other Linear's closed columns shut.
+
     (With zero gradients Adam's moments stay zero, so the weights stay exactly zero.)
     """
     for module in model.modules():

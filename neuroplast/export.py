@@ -3,14 +3,19 @@
 :func:`compact_model` removes every unit a gate switches off at test time, folds the surviving
 gates' test-time scales into a neighbouring layer (the producer's rows, a BatchNorm's affine
 parameters, or the consumer's columns, whichever is reachable through scale-preserving layers),
-and drops the gates. What is left contains only ``torch.nn`` layers (models with custom blocks
-are traced into a ``torch.fx.GraphModule``), so it runs without neuroplast installed.
+and drops the gates. A Linear left reading dead features (zero columns: a network's raw inputs,
+or the positions of a flattened feature map, whose gates no unit group can remove) is narrowed
+to its live inputs behind an ``index_select``, so those features cost nothing either. What is
+left contains only ``torch.nn`` layers and tensor operations (models with custom blocks, or a
+feature selection, are traced into a ``torch.fx.GraphModule``), so it runs without neuroplast
+installed.
 """
 
 from __future__ import annotations
 
 import copy
 import os
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -213,6 +218,48 @@ def _fold_and_remove_gates(model: nn.Module) -> None:
                 setattr(parent, child, nn.Identity())
 
 
+class SelectFeatures(nn.Module):
+    """Keeps the features ``index`` of the last dimension: what a narrowed Linear reads.
+
+    Compaction puts one in front of a Linear whose other input features are dead, then traces
+    it into a plain ``index_select``; the exported model does not need this class.
+    """
+
+    def __init__(self, index: torch.Tensor):
+        super().__init__()
+        self.register_buffer("index", index.detach().to(torch.long).reshape(-1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.index_select(-1, self.index)
+
+
+def _select_live_features(model: nn.Module) -> None:
+    """Narrow every Linear of a Sequential that reads dead features (all-zero weight columns).
+
+    Such columns contribute exactly nothing, so selecting the live features first and dropping
+    the columns changes no output; a Linear whose columns are all zero is left alone (its
+    output is its bias, and it keeps the input it was built for).
+    """
+    for parent in list(model.modules()):
+        if not isinstance(parent, nn.Sequential):
+            continue
+        rebuilt: OrderedDict[str, nn.Module] = OrderedDict()
+        for name, module in parent._modules.items():
+            if isinstance(module, nn.Linear):
+                live = module.weight.detach().ne(0).any(0)
+                if bool(live.any()) and not bool(live.all()):
+                    index = torch.nonzero(live).reshape(-1)
+                    selector = f"{name}_inputs"
+                    while selector in parent._modules:
+                        selector += "_"
+                    rebuilt[selector] = SelectFeatures(index)
+                    module.weight = nn.Parameter(module.weight.detach()[:, index].clone())
+                    module.in_features = int(index.numel())
+            rebuilt[name] = module
+        if len(rebuilt) != len(parent._modules):
+            parent._modules = rebuilt
+
+
 def _is_plain(model: nn.Module) -> bool:
     return all(type(m).__module__.startswith("torch.") for m in model.modules())
 
@@ -231,8 +278,12 @@ def compact_model(model: nn.Module) -> nn.Module:
     compact = copy.deepcopy(model).eval()
     for parameter in compact.parameters():
         parameter.grad = None
-    _prune_dead_units(compact)
-    _fold_and_remove_gates(compact)
+    if any(_test_scale(module) is not None for module in compact.modules()):
+        # Without gates nothing is dead, and an already compact (traced) model has no chains
+        # to discover: compacting it again changes nothing.
+        _prune_dead_units(compact)
+        _fold_and_remove_gates(compact)
+    _select_live_features(compact)
     if hasattr(compact, "neuroplast_spec"):
         del compact.neuroplast_spec
     if not _is_plain(compact):

@@ -3,6 +3,12 @@
 import sys
 from pathlib import Path
 
+import torch
+from torch import nn
+
+import neuroplast as npl
+from neuroplast.models import build_model
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -69,3 +75,16 @@ def test_result_tables_cover_every_committed_full_mnist_run():
         assert float(row[4].split()[0]) <= 1.0
         assert all(w <= g for w, g in zip(widths, (9, 18, 65, 25), strict=True))
     assert npn_tables.lenet300_rows()
+
+
+def test_table_params_are_what_compaction_leaves_of_those_widths():
+    # A network whose first Linear reads only some inputs, compacted: its parameters counted.
+    def compact_count(name, widths, live_inputs):
+        model = build_model(name, (1, 28, 28), 10, widths=widths).eval()
+        first = next(m for m in model.modules() if isinstance(m, nn.Linear))
+        with torch.no_grad():
+            first.weight[:, live_inputs:] = 0
+        return npl.count_parameters(npl.compact_model(model))
+
+    assert npn_tables.lenet300_params(278, 82, 31) == compact_count("lenet300", [82, 31], 278)
+    assert npn_tables.lenet5_params(9, 16, 41, 16) == compact_count("lenet5", [9, 16, 16], 41)

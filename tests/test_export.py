@@ -53,6 +53,65 @@ def test_compact_resnet_traces_custom_blocks_into_plain_pytorch():
     torch.testing.assert_close(compact(x), model(x))
 
 
+def test_compact_linear_reads_only_its_live_input_features(tmp_path):
+    # Zero columns are what NPN leaves for dead raw inputs: they must cost nothing.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 6), nn.ReLU(), nn.Linear(6, 3)).eval()
+    dead = [0, 3, 4, 9, 15]
+    live = [i for i in range(16) if i not in dead]
+    with torch.no_grad():
+        model[1].weight[:, dead] = 0
+    compact = npl.compact_model(model)
+    assert _all_plain(compact)
+    assert compact.get_submodule("1").in_features == len(live)
+    # Independent: a plain network of the narrow width, fed only the live pixels.
+    narrow = nn.Sequential(nn.Linear(len(live), 6), nn.ReLU(), nn.Linear(6, 3)).eval()
+    with torch.no_grad():
+        narrow[0].weight.copy_(model[1].weight[:, live])
+        narrow[0].bias.copy_(model[1].bias)
+        narrow[2].load_state_dict(model[3].state_dict())
+    x = torch.randn(7, 1, 4, 4)
+    torch.testing.assert_close(compact(x), narrow(x.flatten(1)[:, live]))
+    torch.testing.assert_close(compact(x), model(x))
+    # The whole pickled module loads and runs where neuroplast cannot be imported.
+    torch.save(compact, tmp_path / "compact.pt")
+    torch.save(x, tmp_path / "x.pt")
+    script = textwrap.dedent(
+        f"""
+        import sys, torch
+        sys.modules["neuroplast"] = None
+        m = torch.load(r"{tmp_path / 'compact.pt'}", weights_only=False)
+        torch.save(m(torch.load(r"{tmp_path / 'x.pt'}")), r"{tmp_path / 'y.pt'}")
+        """
+    )
+    subprocess.run([sys.executable, "-c", script], check=True)
+    torch.testing.assert_close(torch.load(tmp_path / "y.pt"), model(x))
+
+
+def test_feature_selection_acts_on_the_last_dimension_and_spares_all_zero_layers():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 2)).eval()
+    with torch.no_grad():
+        model[0].weight[:, 1] = 0
+        model[2].weight.zero_()  # all columns zero: the output is the bias, left as it is
+    x = torch.randn(3, 7, 5)  # a Linear reads the last dimension, not dimension 1
+    compact = npl.compact_model(model)
+    assert compact.get_submodule("0").in_features == 4
+    assert compact.get_submodule("2").in_features == 4
+    torch.testing.assert_close(compact(x), model(x))
+
+
+def test_compacting_a_compact_traced_model_changes_nothing():
+    # `neuroplast export` compacts the run's live model, which is already compact (and traced).
+    model = build_model("resnet20", (3, 32, 32), 10).eval()
+    npl.prune_units(model, "layer1.0.conv1", [0, 1, 2])
+    compact = npl.compact_model(model)
+    again = npl.compact_model(compact)
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(again(x), model(x))
+    assert npl.count_parameters(again) == npl.count_parameters(compact)
+
+
 def test_torchscript_file_runs_without_neuroplast(tmp_path):
     model = _gated_mlp()
     path = npl.export_torchscript(model, tmp_path / "model.pt", (1, 4, 4))

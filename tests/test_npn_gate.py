@@ -187,7 +187,9 @@ def test_positional_gate_follows_channels_and_compacts():
     x = torch.randn(5, 1, 6, 6)
     compact = compact_npn(model)
     torch.testing.assert_close(compact(x), model(x))
-    assert compact[0].out_channels == 3
+    assert compact.get_submodule("0").out_channels == 3
+    # The Linear reads only the live (channel, position) features, counted from the gate.
+    assert compact.get_submodule("5").in_features == int((gate.test_gate() > 0).sum())
     assert not any(isinstance(m, NPNGate) for m in compact.modules())
 
 

@@ -508,7 +508,8 @@ def compact_npn(model: nn.Module) -> nn.Module:
     """A plain, compact copy of a model with NPN gates; same predictions as ``model.eval()``.
 
     Dead units (test-time gate 0) are removed, live gates folded into a neighbouring layer.
-    Gates that no unit group owns (a network's raw input features, a residual stem) stay in
-    the network as scales: dead input features become zero columns of the first layer.
+    Gates that no unit group owns (a network's raw input features, a residual stem) fold into
+    a neighbour as scales; a Linear then reads only its live input features (see
+    :func:`~neuroplast.export.compact_model`).
     """
     return compact_model(fold_positional_gates(model))
