@@ -123,8 +123,8 @@ def prune_with_neuroplast(model: nn.Module, widths: dict[str, int]) -> nn.Module
 def keep_closed_inputs_closed(model: nn.Module) -> None:
     """Fine-tuning must not reopen what NPN closed: zero the gradient of all-zero columns.
 
-    Compaction already drops the closed input columns of a Linear inside an ``nn.Sequential``
-    (it then reads only the live features); this keeps any other Linear's closed columns shut.
+    The NPN model is loaded with ``select_inputs=False``, so its closed inputs are zero columns
+    (it stays a Sequential whose widths can be read and compared); this keeps them shut.
 
     (With zero gradients Adam's moments stay zero, so the weights stay exactly zero.)
     """
@@ -179,7 +179,8 @@ def compare(npn_run: Path, seed: int, data_dir: Path) -> dict[str, Any]:
                  "nonzero_weights": npn_metrics["method"].get("nonzero_weights"),
                  "macs": summary["macs"], "train_seconds": round(summary["train_seconds"], 1),
                  "command": summary.get("command")})
-    compact, _ = load_run_model(npn_run)
+    # Zero columns, not selected inputs: the model stays a Sequential whose widths _row reads.
+    compact, _ = load_run_model(npn_run, select_inputs=False)
     keep_closed_inputs_closed(compact)
     tuned_last, tuned_seconds = _train(compact, data, epochs, config, seed)
     rows.append(_row("NPN + fine-tune (same epochs as the peer)", compact, tuned_last,

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import copy
 import os
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from .core.groups import find_unit_groups, model_chains
 from .core.layers import layer_coupling
@@ -233,19 +234,33 @@ class SelectFeatures(nn.Module):
         return x.index_select(-1, self.index)
 
 
+def _narrowable(module: nn.Module, uses: Counter[int]) -> bool:
+    """A plain Linear used once, with its own weight, nothing transforming or watching it."""
+    return (
+        type(module) is nn.Linear
+        and uses[id(module)] == 1 and uses[id(module.weight)] == 1
+        and not parametrize.is_parametrized(module)
+        and not (module._forward_hooks or module._forward_pre_hooks)
+    )
+
+
 def _select_live_features(model: nn.Module) -> None:
     """Narrow every Linear of a Sequential that reads dead features (all-zero weight columns).
 
-    Such columns contribute exactly nothing, so selecting the live features first and dropping
-    the columns changes no output; a Linear whose columns are all zero is left alone (its
-    output is its bias, and it keeps the input it was built for).
+    For finite inputs such columns contribute exactly nothing, so selecting the live features
+    first and dropping the columns changes no output. Left alone: a Linear whose columns are
+    all zero (its output is its bias), one used twice or sharing its weight (narrowing one use
+    would break the other), a subclass or parametrized one, and any Linear in a Sequential
+    subclass, whose own ``forward`` may index its children.
     """
+    uses = Counter(id(m) for _, m in model.named_modules(remove_duplicate=False))
+    uses.update(id(p) for _, p in model.named_parameters(remove_duplicate=False))
     for parent in list(model.modules()):
-        if not isinstance(parent, nn.Sequential):
+        if type(parent) is not nn.Sequential:
             continue
         rebuilt: OrderedDict[str, nn.Module] = OrderedDict()
         for name, module in parent._modules.items():
-            if isinstance(module, nn.Linear):
+            if module is not None and _narrowable(module, uses):
                 live = module.weight.detach().ne(0).any(0)
                 if bool(live.any()) and not bool(live.all()):
                     index = torch.nonzero(live).reshape(-1)
@@ -253,7 +268,8 @@ def _select_live_features(model: nn.Module) -> None:
                     while selector in parent._modules:
                         selector += "_"
                     rebuilt[selector] = SelectFeatures(index)
-                    module.weight = nn.Parameter(module.weight.detach()[:, index].clone())
+                    module.weight = nn.Parameter(module.weight.detach()[:, index],
+                                                 requires_grad=module.weight.requires_grad)
                     module.in_features = int(index.numel())
             rebuilt[name] = module
         if len(rebuilt) != len(parent._modules):
@@ -264,11 +280,16 @@ def _is_plain(model: nn.Module) -> bool:
     return all(type(m).__module__.startswith("torch.") for m in model.modules())
 
 
-def compact_model(model: nn.Module) -> nn.Module:
+def compact_model(model: nn.Module, select_inputs: bool = True) -> nn.Module:
     """A copy of ``model`` with only its live units, made of plain PyTorch layers, in eval mode.
 
     Units whose gates are off at test time are removed physically; live gates are folded into a
     neighbouring layer, so the compact model makes the same predictions as ``model.eval()``.
+    With ``select_inputs`` a Linear directly inside an ``nn.Sequential`` that reads dead input
+    features (all-zero columns) reads only its live ones, behind an ``index_select``; the
+    result is then a ``torch.fx.GraphModule`` (reach layers with ``get_submodule``, not
+    ``[0]``), which neuroplast cannot resize further. ``select_inputs=False`` keeps the dead
+    features as zero columns and the model's structure, for more pruning or growing.
 
     Example::
 
@@ -280,10 +301,12 @@ def compact_model(model: nn.Module) -> nn.Module:
         parameter.grad = None
     if any(_test_scale(module) is not None for module in compact.modules()):
         # Without gates nothing is dead, and an already compact (traced) model has no chains
-        # to discover: compacting it again changes nothing.
+        # to discover: compacting it again changes nothing (nor is a gateless model checked
+        # for layers neuroplast could not resize).
         _prune_dead_units(compact)
         _fold_and_remove_gates(compact)
-    _select_live_features(compact)
+    if select_inputs:
+        _select_live_features(compact)
     if hasattr(compact, "neuroplast_spec"):
         del compact.neuroplast_spec
     if not _is_plain(compact):

@@ -101,6 +101,55 @@ def test_feature_selection_acts_on_the_last_dimension_and_spares_all_zero_layers
     torch.testing.assert_close(compact(x), model(x))
 
 
+class _OwnForward(nn.Sequential):
+    def forward(self, x):
+        return self[0](x) + 1  # indexes its children: a selector inserted first would break it
+
+
+def _reused_linear():
+    shared = nn.Linear(6, 6)
+    return nn.Sequential(shared, nn.ReLU(), shared)
+
+
+def _tied_weights():
+    first, second = nn.Linear(6, 6), nn.Linear(6, 6)
+    second.weight = first.weight
+    return nn.Sequential(first, nn.ReLU(), second)
+
+
+def _parametrized():
+    return nn.Sequential(torch.nn.utils.parametrizations.weight_norm(nn.Linear(6, 3)))
+
+
+@pytest.mark.parametrize("build", [_reused_linear, _tied_weights, _parametrized,
+                                   lambda: _OwnForward(nn.Linear(6, 3))])
+def test_linears_that_cannot_be_narrowed_alone_keep_their_zero_columns(build):
+    torch.manual_seed(0)
+    model = build().eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.Linear) and not hasattr(module, "parametrizations"):
+                module.weight[:, 2] = 0
+        if hasattr(model[0], "parametrizations"):
+            model[0].parametrizations.weight.original1[:, 2] = 0
+    x = torch.randn(4, 6)
+    compact = npl.compact_model(model)
+    torch.testing.assert_close(compact(x), model(x))
+
+
+def test_narrowing_keeps_a_frozen_weight_frozen_and_can_be_declined():
+    model = nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 2)).eval()
+    with torch.no_grad():
+        model[0].weight[:, [1, 3]] = 0
+    model[0].weight.requires_grad_(False)
+    assert not npl.compact_model(model).get_submodule("0").weight.requires_grad
+    # select_inputs=False: zero columns stay, and neuroplast can still resize the result
+    kept = npl.compact_model(model, select_inputs=False)
+    assert isinstance(kept, nn.Sequential) and kept[0].in_features == 6
+    npl.prune_units(kept, "0", [0, 1])
+    assert kept[2].in_features == 2
+
+
 def test_compacting_a_compact_traced_model_changes_nothing():
     # `neuroplast export` compacts the run's live model, which is already compact (and traced).
     model = build_model("resnet20", (3, 32, 32), 10).eval()

@@ -504,12 +504,12 @@ def fold_positional_gates(model: nn.Module) -> nn.Module:
     return folded
 
 
-def compact_npn(model: nn.Module) -> nn.Module:
+def compact_npn(model: nn.Module, select_inputs: bool = True) -> nn.Module:
     """A plain, compact copy of a model with NPN gates; same predictions as ``model.eval()``.
 
     Dead units (test-time gate 0) are removed, live gates folded into a neighbouring layer.
     Gates that no unit group owns (a network's raw input features, a residual stem) fold into
     a neighbour as scales; a Linear then reads only its live input features (see
-    :func:`~neuroplast.export.compact_model`).
+    :func:`~neuroplast.export.compact_model`, also for ``select_inputs``).
     """
-    return compact_model(fold_positional_gates(model))
+    return compact_model(fold_positional_gates(model), select_inputs=select_inputs)

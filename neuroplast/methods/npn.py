@@ -492,9 +492,9 @@ class NPN(Method):
         """A gated conv counts its output channels, a gated Linear its input features."""
         return {layer.name: layer.counts for layer in self._layers}
 
-    def live_model(self, model: nn.Module) -> nn.Module:
+    def live_model(self, model: nn.Module, select_inputs: bool = True) -> nn.Module:
         """The plain compact network the gated model is at test time."""
-        return compact_npn(model)
+        return compact_npn(model, select_inputs=select_inputs)
 
     def metrics(self, trainer: Trainer) -> dict[str, float]:
         """k, the expected active weights, the penalty and the compact model's nonzero weights."""

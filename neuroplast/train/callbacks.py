@@ -115,8 +115,12 @@ class Method(Callback):
         """Method-specific scalars logged each epoch (``k``, expected L0, ...)."""
         return {}
 
-    def live_model(self, model: nn.Module) -> nn.Module:
-        """The model as it would be exported (used to count parameters and MACs)."""
+    def live_model(self, model: nn.Module, select_inputs: bool = True) -> nn.Module:
+        """The model as it would be exported (used to count parameters and MACs).
+
+        ``select_inputs=False`` keeps a compact model's dead input features as zero columns
+        (see :func:`~neuroplast.export.compact_model`), so neuroplast can still resize it.
+        """
         return model
 
     def live_widths(self, model: nn.Module) -> dict[str, int]:

@@ -369,11 +369,15 @@ def run_standardisation(run_dir: str | Path) -> tuple[list[float], list[float]] 
     return list(record["input_mean"]), list(record["input_std"])
 
 
-def load_run_model(run_dir: str | Path) -> tuple[nn.Module, tuple[int, ...]]:
+def load_run_model(
+    run_dir: str | Path, select_inputs: bool = True
+) -> tuple[nn.Module, tuple[int, ...]]:
     """A run's model as its last checkpoint holds it, on the CPU, and its input shape.
 
     The model is the one the method evaluates (``live_model``): for gated methods the compact
-    plain network, live units only, in eval mode (call ``.train()`` to train it on). It takes
+    plain network, live units only, in eval mode (call ``.train()`` to train it on). With
+    ``select_inputs=False`` dead input features stay zero columns and the network keeps its
+    structure, so ``neuroplast.prune_units`` / ``grow_units`` still work on it. It takes
     standardised inputs, as in training (:func:`run_standardisation` gives the statistics);
     the data set itself is not needed. Rebuilding
     the run seeds the global random generators with the run's seed and sets torch's thread
@@ -389,4 +393,4 @@ def load_run_model(run_dir: str | Path) -> tuple[nn.Module, tuple[int, ...]]:
     known = None if record is None else _shape_only_data(config.dataset, record)
     data, trainer = _build(config, data=known)
     trainer.restore(Path(run_dir) / "checkpoint")
-    return trainer.method.live_model(trainer.model), data.input_shape
+    return trainer.method.live_model(trainer.model, select_inputs=select_inputs), data.input_shape
