@@ -498,7 +498,8 @@ class NPN(Method):
 
     def metrics(self, trainer: Trainer) -> dict[str, float]:
         """k, the expected active weights, the penalty and the compact model's nonzero weights."""
-        compact = self.live_model(trainer.model)
+        # Zero columns count no nonzero weights, so skip the input selection and its trace.
+        compact = self.live_model(trainer.model, select_inputs=False)
         nonzero = sum(int(torch.count_nonzero(module.weight)) for module in compact.modules()
                       if isinstance(getattr(module, "weight", None), torch.Tensor)
                       and module.weight.dim() >= 2)
