@@ -21,6 +21,7 @@ from typing import Any
 
 from .core.checkpoint import CheckpointError
 from .data import DATASETS, DataError
+from .data.augment import AUGMENTATIONS
 from .distributed import DistributedError
 from .export import ExportError
 from .methods import METHODS, method_fields
@@ -117,6 +118,12 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add("--no-standardise", dest="standardise", action="store_false", default=s,
         help="keep inputs as scaled (images in [0, 1]) instead of standardising them per "
              "channel, as NPN's reference MNIST scripts train")
+    add("--augment", choices=AUGMENTATIONS, default=s,
+        help="training images only: crop (shift each image by up to --augment-padding pixels, "
+             "filling with black) or crop-flip (also mirror half of them, the CIFAR recipe); "
+             "default none")
+    add("--augment-padding", type=int, default=s,
+        help="the largest shift of --augment, in pixels (default 4)")
     add("--epochs", type=int, default=s, help="training epochs (default 10)")
     add("--batch-size", type=int, default=s, help="mini-batch size (default 64)")
     add("--optimizer", choices=OPTIMIZERS, default=s, help="optimizer (default adam)")

@@ -38,6 +38,7 @@ from ..core.count import count_model
 from ..core.groups import layer_widths
 from ..core.resize import grow_units, prune_units, split_units
 from ..data import DataSplits
+from ..data.augment import augment_images, black_fill, check_augmentation
 from ..distributed import DistributedContext, DistributedError, RankFailed, identity_key
 from .callbacks import Callback, Method
 
@@ -76,6 +77,8 @@ class TrainConfig:
     tensorboard: bool = False
     threads: int | None = None  # torch CPU threads; None keeps torch's default
     device: str = "cpu"  # where the model trains: cpu, cuda, cuda:N
+    augment: str = "none"  # training images: none, crop (random shifts) or crop-flip
+    augment_padding: int = 4  # the largest shift, in pixels
 
     def __post_init__(self) -> None:
         if isinstance(self.lr_milestones, int) and not isinstance(self.lr_milestones, bool):
@@ -89,9 +92,11 @@ class TrainConfig:
         def number(value: Any) -> bool:
             return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
-        checks = {"an integer": (integer, ("epochs", "batch_size", "seed", "eval_batch_size")),
+        checks = {"an integer": (integer, ("epochs", "batch_size", "seed", "eval_batch_size",
+                                           "augment_padding")),
                   "a number": (number, ("lr", "momentum", "weight_decay", "lr_gamma")),
-                  "a string": (lambda v: isinstance(v, str), ("optimizer", "scheduler", "device"))}
+                  "a string": (lambda v: isinstance(v, str),
+                               ("optimizer", "scheduler", "device", "augment"))}
         for kind, (check, names) in checks.items():
             for name in names:
                 if not check(getattr(self, name)):
@@ -131,6 +136,7 @@ class TrainConfig:
         if not 0 < self.lr_gamma <= 1:
             raise ValueError(f"lr gamma must be in (0, 1], got {self.lr_gamma}")
         check_device(self.device)
+        check_augmentation(self.augment, self.augment_padding)
 
 
 def check_device(name: str) -> torch.device:
@@ -207,6 +213,7 @@ class Trainer:
             raise ValueError("distributed training runs on the CPU for now (gloo); "
                              f"--device {self.config.device} with --distributed is not supported")
         self.data = data  # stays on the CPU: each batch is moved to the device
+        check_augmentation(self.config.augment, self.config.augment_padding, data.input_shape)
         self.method = method
         self.callbacks: list[Callback] = [method, *callbacks]
         self.model = method.prepare_model(model).to(self.device)
@@ -419,6 +426,8 @@ class Trainer:
         rows = self._share(batch)
         x = self.data.x_train[rows].to(self.device, non_blocking=True)
         y = self.data.y_train[rows].to(self.device, non_blocking=True)
+        if self.config.augment != "none":
+            x = self._augment(x, epoch, index, len(batch))
         for callback in self.callbacks:
             callback.on_batch_begin(self, x, y)
         self.optimizer.zero_grad(set_to_none=True)
@@ -445,6 +454,18 @@ class Trainer:
                        diverged=not math.isfinite(value)):
             self._diverged(value, epoch, index)  # on every rank at once
         return sums
+
+    def _augment(self, x: torch.Tensor, epoch: int, index: int, batch_size: int) -> torch.Tensor:
+        """This batch's shifted (and mirrored) images. The draws depend only on the seed, the
+        epoch and the batch, so a resumed run and every DDP rank augment as one process does."""
+        generator = torch.Generator().manual_seed(
+            hash((self.config.seed, epoch, index)) & 0x7FFF_FFFF_FFFF_FFFF)
+        rows = None if self.batch_rows is None else self.batch_rows[1]
+        return augment_images(
+            x, generator, padding=self.config.augment_padding,
+            flip=self.config.augment == "crop-flip",
+            fill=black_fill(self.data.input_mean, self.data.input_std, x.shape[1]),
+            rows=rows, batch_size=batch_size)
 
     def _diverged(self, value: float, epoch: int, index: int) -> None:
         raise TrainingDiverged(

@@ -1,0 +1,82 @@
+"""Training-time image augmentation: random shifts (a crop of a padded image) and mirror flips.
+
+The standard CIFAR recipe (pad 4, random 32x32 crop, random horizontal flip), which NPN's
+ResNet-56 reference trains with, done on whole batches of tensors. Padding is filled with
+the value a black raw pixel has after standardisation, as when the raw image is padded before
+it is normalised. Every draw comes from the generator passed in, so the trainer can make each
+batch's augmentation a function of (seed, epoch, batch): repeatable, and identical after a
+resume or across data-parallel ranks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+AUGMENTATIONS = ("none", "crop", "crop-flip")
+
+
+def check_augmentation(name: str, padding: int, input_shape: Sequence[int] | None = None) -> None:
+    """Raise ValueError naming the problem when ``name``/``padding`` cannot be used.
+
+    ``input_shape`` (without the batch dimension), when given, must be an image's
+    ``(C, H, W)``: shifting or mirroring a feature vector has no meaning.
+    """
+    if name not in AUGMENTATIONS:
+        raise ValueError(f"unknown augmentation {name!r}; choose one of {AUGMENTATIONS}")
+    if not isinstance(padding, int) or isinstance(padding, bool) or padding < 1:
+        raise ValueError(f"augment padding must be an integer >= 1 (pixels), got {padding!r}")
+    if name != "none" and input_shape is not None and len(input_shape) != 3:
+        raise ValueError(
+            f"--augment {name} shifts and mirrors images, but this data set's inputs have shape "
+            f"{tuple(input_shape)}, not (channels, height, width): leave --augment at none")
+
+
+def augment_images(
+    images: torch.Tensor,
+    generator: torch.Generator,
+    *,
+    padding: int = 4,
+    flip: bool = True,
+    fill: Sequence[float] | None = None,
+    rows: torch.Tensor | None = None,
+    batch_size: int | None = None,
+) -> torch.Tensor:
+    """Shift each image of ``images`` ``(N, C, H, W)`` by up to ``padding`` pixels in each
+    direction and, with ``flip``, mirror it left-right with probability 1/2.
+
+    Pixels shifted in take ``fill`` (one value per channel; 0 when None). The draws are made
+    for a batch of ``batch_size`` images (default N) and ``rows`` picks which of them
+    ``images`` holds, so a process holding part of a global batch augments its part exactly
+    as one process holding all of it would.
+    """
+    count, channels, height, width = images.shape
+    total = count if batch_size is None else batch_size
+    shifts = torch.randint(0, 2 * padding + 1, (total, 2), generator=generator)
+    mirror = torch.rand(total, generator=generator) < 0.5
+    if rows is not None:
+        shifts, mirror = shifts[rows], mirror[rows]
+    shifts, mirror = shifts.to(images.device), mirror.to(images.device)
+    values = torch.zeros(channels, dtype=images.dtype, device=images.device) if fill is None \
+        else torch.tensor(list(fill), dtype=images.dtype, device=images.device)
+    padded = values.view(1, channels, 1, 1).expand(
+        count, channels, height + 2 * padding, width + 2 * padding).clone()
+    padded[:, :, padding:padding + height, padding:padding + width] = images
+    top = shifts[:, 0, None] + torch.arange(height, device=images.device)  # (N, H)
+    left = shifts[:, 1, None] + torch.arange(width, device=images.device)  # (N, W)
+    if flip:
+        left = torch.where(mirror[:, None], left.flip(1), left)
+    batch = torch.arange(count, device=images.device)[:, None, None, None]
+    channel = torch.arange(channels, device=images.device)[None, :, None, None]
+    return padded[batch, channel, top[:, None, :, None], left[:, None, None, :]]
+
+
+def black_fill(input_mean: Sequence[float] | None, input_std: Sequence[float] | None,
+               channels: int) -> list[float]:
+    """Per channel, the value a raw 0 (black) pixel takes after the data set's standardisation."""
+    if input_mean is None or input_std is None:
+        return [0.0] * channels
+    if len(input_mean) != channels:  # standardised per feature, not per channel
+        return [0.0] * channels
+    return [-mean / std for mean, std in zip(input_mean, input_std, strict=True)]
