@@ -157,12 +157,15 @@ def test_a_dead_rank_stops_the_other_with_a_clear_error(tmp_path):
 
 NPN_ARGS = ["--method", "npn", "--model", "mlp", "--widths", "16", "--epochs", "3",
             "--batch-size", "32", "--seed", "1", "--threads", "1", "--no-progress",
-            "--npn-k", "2", "--npn-stages", "0.0,1.0", "--npn-lambdas", "0.01"]
+            "--npn-k", "2", "--npn-stages", "0.0,1.0", "--npn-lambdas", "0.01",
+            # each rank augments its share of the batch as one process augments all of it
+            "--augment", "crop-flip", "--augment-padding", "1"]
 
 
 def test_the_command_line_starts_torchrun_and_npn_gates_train_as_in_one_process(tmp_path):
     """``--nproc-per-node 2`` through torchrun; NPN's ARM gradients for phi are averaged by
-    the trainer (DDP leaves them alone), so the result matches one process."""
+    the trainer (DDP leaves them alone) and each rank augments its rows as one process does,
+    so the result matches one process."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     two = subprocess.run([sys.executable, "-m", "neuroplast", "train", *NPN_ARGS,
                           "--out", str(tmp_path / "two"), "--nproc-per-node", "2"],
