@@ -458,8 +458,9 @@ class Trainer:
     def _augment(self, x: torch.Tensor, epoch: int, index: int, batch_size: int) -> torch.Tensor:
         """This batch's shifted (and mirrored) images. The draws depend only on the seed, the
         epoch and the batch, so a resumed run and every DDP rank augment as one process does."""
-        generator = torch.Generator().manual_seed(
-            hash((self.config.seed, epoch, index)) & 0x7FFF_FFFF_FFFF_FFFF)
+        # Distinct for every (epoch, batch) below a million, and the same in any Python.
+        key = (self.config.seed * 1_000_003 + epoch) * 1_000_003 + index
+        generator = torch.Generator().manual_seed(key % 2**63)
         rows = None if self.batch_rows is None else self.batch_rows[1]
         return augment_images(
             x, generator, padding=self.config.augment_padding,
