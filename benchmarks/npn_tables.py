@@ -30,21 +30,26 @@ _NOT_SETTINGS = {"--out", "--threads", "--data-dir", "--no-progress", "--seed", 
                  "--config"}
 
 # Later recipes were written from options earlier runs typed out (same settings: momentum 0.9
-# is the default; the -small recipe's config.json was compared with its run's), so those runs
-# are shown as the recipe they match: (recipe, options it adds) -> the later recipe.
+# is the default; the -small and expand-sgd recipes' config.json were compared with their
+# runs'), so those runs are shown as the recipe they match: recipe -> [(the later recipe, the
+# options it adds to the recipe)], the first that matches wins.
 _LATER_RECIPES = {
-    "npn-lenet5-mnist-sparse": (
+    "npn-lenet5-mnist-sparse": [(
         "npn-lenet5-mnist-sparse-sgd",
         "--epochs 100 --optimizer sgd --lr 0.05 --weight-decay 5e-4 --scheduler cosine "
-        "--lr-milestones '' --npn-gate-optimizer adam --npn-gate-lr 3e-3"),
-    "npn-lenet5-mnist-sparse-sgd": (
+        "--lr-milestones '' --npn-gate-optimizer adam --npn-gate-lr 3e-3")],
+    "npn-lenet5-mnist-sparse-sgd": [(
+        "npn-lenet5-mnist-expand-sgd",
+        "--npn-mode expand --npn-k 1 --npn-wake-logit 0 --npn-init-sizes 7,16,256,16 --lr 0.02 "
+        "--npn-lambdas 2.5e-4,8.3333e-6,8e-6,6e-4 --epochs 130 --npn-stages 0.154,0.538 "
+        "--npn-implementation physical"), (
         "npn-lenet5-mnist-sparse-sgd-small",
         "--npn-implementation physical --npn-lambdas 2.5e-4,8.3333e-6,6.5e-6,6e-4 --epochs 130 "
-        "--npn-stages 0.154,0.538"),
-    "npn-lenet300-mnist-prune": (
+        "--npn-stages 0.154,0.538")],
+    "npn-lenet300-mnist-prune": [(
         "npn-lenet300-mnist-prune-sgd",
         "--optimizer sgd --lr 0.05 --weight-decay 5e-4 --scheduler cosine "
-        "--npn-gate-optimizer adam --npn-gate-lr 1e-3"),
+        "--npn-gate-optimizer adam --npn-gate-lr 1e-3")],
 }
 
 
@@ -61,15 +66,16 @@ def _pairs(options: str) -> list[tuple[str, str | None]]:
 def _recipe_and_settings(command: str) -> tuple[str, str]:
     """The recipe a command runs and the options it adds to it, as they would be typed."""
     recipe, settings = _recipe(command), _settings(command)
-    while recipe in _LATER_RECIPES:
-        later, options = _LATER_RECIPES[recipe]
-        given, implied = _pairs(settings), set(_pairs(options))
-        if not implied <= set(given):
-            break
-        recipe = later
+    while True:
+        given = _pairs(settings)
+        match = next(((later, set(_pairs(options)))
+                      for later, options in _LATER_RECIPES.get(recipe, [])
+                      if set(_pairs(options)) <= set(given)), None)
+        if match is None:
+            return recipe, settings or "(the recipe)"
+        recipe, implied = match
         settings = " ".join(word if value is None else f"{word} {shlex.quote(value)}"
                             for word, value in given if (word, value) not in implied)
-    return recipe, settings or "(the recipe)"
 
 
 def _settings(command: str) -> str:

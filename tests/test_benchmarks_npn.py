@@ -1,5 +1,6 @@
 """The NPN benchmark's job lists and the plots it keeps (the runs themselves are benchmarks)."""
 
+import shlex
 import sys
 from pathlib import Path
 
@@ -7,6 +8,7 @@ import torch
 from torch import nn
 
 import neuroplast as npl
+from neuroplast import cli
 from neuroplast.models import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,6 +64,33 @@ def test_result_tables_show_each_run_as_its_recipe_plus_what_it_added():
     recipe, settings = npn_tables._recipe_and_settings(longer)
     assert recipe == "npn-lenet5-mnist-sparse" and "--epochs 200" in settings
     assert "--lr-milestones ''" in settings and "--seed" not in settings
+
+
+def test_expand_runs_typed_out_show_as_the_expand_recipe_and_equal_it():
+    options = ("--npn-mode expand --npn-k 1 --npn-wake-logit 0 --npn-init-sizes 7,16,256,16 "
+               "--lr 0.02 --npn-lambdas 2.5e-4,8.3333e-6,8e-6,6e-4 --epochs 130 "
+               "--npn-stages 0.154,0.538 --npn-implementation physical")
+    typed_out = (f"neuroplast train --config recipes/npn-lenet5-mnist-sparse-sgd.toml "
+                 f"--data-dir d {options} --seed 1 --out runs/x")
+    assert npn_tables._recipe_and_settings(typed_out) == (
+        "npn-lenet5-mnist-expand-sgd", "(the recipe)")
+    # the -small recipe is still found for its own runs, and a partial match is not a recipe
+    small = typed_out.replace(options, "--npn-implementation physical --npn-lambdas "
+                              "2.5e-4,8.3333e-6,6.5e-6,6e-4 --epochs 130 --npn-stages 0.154,0.538")
+    assert npn_tables._recipe_and_settings(small)[0] == "npn-lenet5-mnist-sparse-sgd-small"
+    other = npn_tables._recipe_and_settings(typed_out.replace("--lr 0.02", "--lr 0.01"))
+    assert other[0] == "npn-lenet5-mnist-sparse-sgd" and "--lr 0.01" in other[1]
+    # what the typed-out command trains is what the recipe trains
+    recipe = cli.config_from_options(
+        {"config": str(ROOT / "recipes" / "npn-lenet5-mnist-expand-sgd.toml")}).to_json()
+    words = shlex.split(typed_out)[1:]
+    words[words.index("--config") + 1] = str(ROOT / words[words.index("--config") + 1])
+    args = vars(cli.build_parser().parse_args(words))
+    typed = cli.config_from_options({k: v for k, v in args.items() if k != "command"}).to_json()
+    for config in (recipe, typed):
+        config.pop("out"), config.pop("data_dir"), config.pop("command")
+        config["train"].pop("seed")
+    assert recipe == typed
 
 
 def test_result_tables_cover_every_committed_full_mnist_run():
