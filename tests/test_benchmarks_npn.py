@@ -106,6 +106,13 @@ def test_result_tables_cover_every_committed_full_mnist_run():
     assert npn_tables.lenet300_rows()
 
 
+def test_runs_on_augmented_images_are_flagged_in_the_goal_column():
+    plain = "neuroplast train --config recipes/r.toml --seed 0"
+    assert npn_tables._meets(True, True, plain) == "**both**"
+    assert npn_tables._meets(True, True, plain + " --augment crop") == "**both** (augmented)"
+    assert npn_tables._meets(False, True, plain + " --augment none") == "widths only"
+
+
 def test_table_params_are_what_compaction_leaves_of_those_widths():
     # A network whose first Linear reads only some inputs, compacted: its parameters counted.
     def compact_count(name, widths, live_inputs):
