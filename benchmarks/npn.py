@@ -6,10 +6,10 @@ file). It writes ``benchmarks/results/npn-quick.json`` and prints a Markdown tab
 the ``neuroplast train`` command recorded next to its numbers, so a row is reproduced by pasting
 its command.
 
-1. **Runs**: the CPU-sized recipes (``recipes/npn-*-cpu.toml``): Moons prune and expand (seeds
-   0, 1, 2; expand also with ``--npn-implementation physical``; prune also with five and ten
-   times the reference's lambdas), LeNet-300-100 prune and LeNet-5-Caffe prune on MNIST
-   (seed 0). For each: the final epoch's validation and test accuracy, the per-layer
+1. **Runs**: the CPU-sized recipes (``neuroplast/recipes/npn-*-cpu.toml``): Moons prune and
+   expand (seeds 0, 1, 2; expand also with ``--npn-implementation physical``; prune also with
+   five and ten times the reference's lambdas), LeNet-300-100 prune and LeNet-5-Caffe prune on
+   MNIST (seed 0). For each: the final epoch's validation and test accuracy, the per-layer
    architecture (units with ``pi >= 0.5``), the compact model's parameters and nonzero
    weights, the run time, and the mean epoch time per stage (stage 1 is plain training of
    the starting network, so stage 2 / stage 1 is the cost of ARM within one run).
@@ -17,9 +17,9 @@ its command.
    two forward passes, one backward) against one plain step of the same starting network, for
    LeNet-300-100 and LeNet-5 at batch 128, timed interleaved.
 
-``--full-moons`` runs the full Moons recipes instead (``recipes/npn-moons-*.toml``, 2000 epochs:
-prune with the reference's lambdas and with five times them, expand with mask and physical
-units; seeds 0, 1, 2; 37 minutes on one shared core), writes
+``--full-moons`` runs the full Moons recipes instead (``neuroplast/recipes/npn-moons-*.toml``,
+2000 epochs: prune with the reference's lambdas and with five times them, expand with mask and
+physical units; seeds 0, 1, 2; 37 minutes on one shared core), writes
 ``benchmarks/results/npn-moons-full.json`` and copies each seed-0 run's decision-boundary plot
 next to it (``npn-moons-full-<run>-boundary.png``).
 
@@ -47,28 +47,29 @@ DEFAULT_OUT = Path("benchmarks/results/npn-quick.json")
 FULL_MOONS_OUT = Path("benchmarks/results/npn-moons-full.json")
 RUNS_DIR = Path("runs/bench-npn")
 MNIST = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist")
+RECIPES = "neuroplast/recipes"  # the installed recipes, relative to the checkout
 
 
 def _jobs(only: str | None) -> list[tuple[str, list[str]]]:
     """(name, extra CLI arguments) of every run."""
     jobs: list[tuple[str, list[str]]] = []
     for seed in (0, 1, 2):
-        jobs.append((f"moons-sparse-s{seed}", ["--config", "recipes/npn-moons-sparse-cpu.toml",
+        jobs.append((f"moons-sparse-s{seed}", ["--config", f"{RECIPES}/npn-moons-sparse-cpu.toml",
                                                 "--seed", str(seed)]))
-        jobs.append((f"moons-expand-s{seed}", ["--config", "recipes/npn-moons-expand-cpu.toml",
+        jobs.append((f"moons-expand-s{seed}", ["--config", f"{RECIPES}/npn-moons-expand-cpu.toml",
                                                 "--seed", str(seed)]))
         jobs.append((f"moons-expand-physical-s{seed}", [
-            "--config", "recipes/npn-moons-expand-cpu.toml", "--seed", str(seed),
+            "--config", f"{RECIPES}/npn-moons-expand-cpu.toml", "--seed", str(seed),
             "--npn-implementation", "physical"]))
         # The reference's lambdas prune little in 200 plasticity epochs; stronger ones do.
         for factor in (5, 10):
             lambdas = f"{4.289e-5 * factor:.4g},{1.7157e-3 * factor:.5g}"
             jobs.append((f"moons-sparse-lambda{factor}x-s{seed}", [
-                "--config", "recipes/npn-moons-sparse-cpu.toml", "--seed", str(seed),
+                "--config", f"{RECIPES}/npn-moons-sparse-cpu.toml", "--seed", str(seed),
                 "--npn-lambdas", lambdas]))
     for name, recipe in (("lenet300-mnist-prune-s0", "npn-lenet300-mnist-prune-cpu.toml"),
                          ("lenet5-mnist-sparse-s0", "npn-lenet5-mnist-sparse-cpu.toml")):
-        jobs.append((name, ["--config", f"recipes/{recipe}", "--data-dir", MNIST, "--seed", "0"]))
+        jobs.append((name, ["--config", f"{RECIPES}/{recipe}", "--data-dir", MNIST, "--seed", "0"]))
     if only:
         jobs = [job for job in jobs if job[0].startswith(only)]
     return jobs
@@ -78,11 +79,11 @@ def _full_moons_jobs() -> list[tuple[str, list[str]]]:
     """The full 2000-epoch Moons recipes, as the issue's Moons rows: prune and expand."""
     lambdas_5x = f"{4.289e-5 * 5:.4g},{1.7157e-3 * 5:.5g}"
     variants = {
-        "sparse": ["--config", "recipes/npn-moons-sparse.toml"],
-        "sparse-lambda5x": ["--config", "recipes/npn-moons-sparse.toml",
+        "sparse": ["--config", f"{RECIPES}/npn-moons-sparse.toml"],
+        "sparse-lambda5x": ["--config", f"{RECIPES}/npn-moons-sparse.toml",
                             "--npn-lambdas", lambdas_5x],
-        "expand": ["--config", "recipes/npn-moons-expand.toml"],
-        "expand-physical": ["--config", "recipes/npn-moons-expand.toml",
+        "expand": ["--config", f"{RECIPES}/npn-moons-expand.toml"],
+        "expand-physical": ["--config", f"{RECIPES}/npn-moons-expand.toml",
                             "--npn-implementation", "physical"],
     }
     return [(f"moons-full-{variant}-s{seed}", [*arguments, "--seed", str(seed)])

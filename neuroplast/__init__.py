@@ -27,7 +27,14 @@ from .core import (
     set_layer_widths,
     split_units,
 )
-from .export import ExportError, compact_model, export_onnx, export_torchscript
+from .export import (
+    ExportError,
+    compact_model,
+    export_onnx,
+    export_pt2,
+    export_safetensors,
+    export_torchscript,
+)
 from .gates import UnitMask
 from .models import build_model, register_model
 
@@ -48,6 +55,8 @@ __all__ = [
     "count_model",
     "count_parameters",
     "export_onnx",
+    "export_pt2",
+    "export_safetensors",
     "export_torchscript",
     "find_unit_groups",
     "get_unit_group",

@@ -1,11 +1,13 @@
 """The ``neuroplast`` command: argument parsing only; every action is a Python API call.
 
-    neuroplast train [--method M --model A --dataset D ...] [--config recipe.toml]
+    neuroplast train [--method M --model A --dataset D ...] [--recipe NAME | --config FILE]
                      [--distributed [--nproc-per-node N]]
     neuroplast resume DIR [--distributed [--nproc-per-node N]]
     neuroplast report DIR
-    neuroplast export DIR --format torchscript|onnx
+    neuroplast export DIR [--format pt2|onnx|safetensors|torchscript]
     neuroplast list
+    neuroplast recipes
+    neuroplast --version
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import shlex
 import signal
 import sys
 from dataclasses import MISSING, fields
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -23,20 +26,23 @@ from .core.checkpoint import CheckpointError
 from .data import DATASETS, DataError
 from .data.augment import AUGMENTATIONS
 from .distributed import DistributedError
-from .export import ExportError
+from .export import FORMATS, ExportError
 from .methods import METHODS, method_fields
 from .models import MODELS
 from .models.mlp import ACTIVATIONS
+from .recipes import list_recipes, recipe_path
 from .train.loop import OPTIMIZERS, SCHEDULERS, TrainConfig
 from .train.run import RunConfig, RunDirectoryError
 
 # What `neuroplast train` with no arguments runs: a complete small self-sizing job on bundled
 # data (no download): MetaNet grows an MLP from 8 hidden neurons on the 8x8 digits.
+# Its epochs, learning rate and schedule are MetaNet's own defaults (``MetaNet.train_defaults``).
 DEFAULT_JOB = {"method": "metanet", "model": "mlp", "dataset": "digits", "widths": [8],
-               "epochs": 30, "lr": 0.01, "scheduler": "cosine", "out": "runs/default"}
+               "out": "runs/default"}
 
-# Options that say how to run a job, not which job: with only these, the default job runs.
-HOW_TO_RUN_OPTIONS = {"progress", "overwrite", "out", "threads", "device", "tensorboard", "seed"}
+# Options that choose the job itself: without any of them (and without a recipe) the default
+# job runs, and every other option (--epochs, --seed, --lr, ...) changes only that setting of it.
+JOB_OPTIONS = {"method", "model", "dataset", "data_dir", "widths", "activation", "label_column"}
 
 TRAIN_OPTIONS = {f.name for f in fields(TrainConfig)}
 
@@ -102,6 +108,8 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     s = argparse.SUPPRESS
     add("--config", default=s, help="a recipe file (TOML or JSON) holding the same options")
+    add("--recipe", default=s,
+        help="an installed recipe, by name (`neuroplast recipes` lists them)")
     add("--method", default=s, help=f"sizing method: {', '.join(METHODS)} (default fixed)")
     add("--model", default=s, help=f"model: {', '.join(MODELS)} (default mlp)")
     add("--dataset", default=s, help=f"data set: {', '.join(DATASETS)} (default digits)")
@@ -125,6 +133,10 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add("--augment-padding", type=int, default=s,
         help="the largest shift of --augment, in pixels (default 4)")
     add("--epochs", type=int, default=s, help="training epochs (default 10)")
+    add("--checkpoint-every", type=int, default=s, metavar="N",
+        help="write the checkpoint every N epochs (default 0: whenever that costs under 5 %% "
+             "of the training time; the last epoch and an interrupt are always saved, and a "
+             "resume is exact from any checkpoint)")
     add("--batch-size", type=int, default=s, help="mini-batch size (default 64)")
     add("--optimizer", choices=OPTIMIZERS, default=s, help="optimizer (default adam)")
     add("--lr", type=float, default=s, help="learning rate (default 0.001)")
@@ -200,14 +212,23 @@ def config_from_options(options: dict[str, Any], command: str | None = None) -> 
     """
     options = {k: v for k, v in options.items() if k not in DISTRIBUTED_OPTIONS}
     merged: dict[str, Any] = {}
+    if "config" in options and "recipe" in options:
+        raise ValueError("give either --recipe NAME (an installed recipe) or --config FILE, "
+                         "not both")
+    if "recipe" in options:
+        merged.update(read_recipe(recipe_path(options.pop("recipe"))))
     if "config" in options:
         merged.update(read_recipe(options.pop("config")))
-    if not merged and not set(options) - HOW_TO_RUN_OPTIONS:
+    recipe = bool(merged)
+    if not recipe and not set(options) & JOB_OPTIONS:
         merged.update(DEFAULT_JOB)
     merged.update(options)
     method = merged.pop("method", "fixed")
     if method not in METHODS:
         raise ValueError(f"unknown method '{method}'; choose one of: {', '.join(METHODS)}")
+    if not recipe:  # a recipe states its schedule in full; without one the method's own holds
+        for key, value in METHODS[method].train_defaults.items():
+            merged.setdefault(key, value)
     method_options: dict[str, Any] = {}
     for key in list(merged):
         if "." in key:  # from the command line: "<method>.<option>"
@@ -260,16 +281,19 @@ def _default_job_text() -> str:
     def flag(name: str) -> str:
         return "--" + name.replace("_", "-")
 
-    how = [flag(n) for n in sorted(HOW_TO_RUN_OPTIONS - {"progress"})] + ["--no-progress"]
     job = " ".join(f"{flag(k)} {','.join(map(str, v)) if isinstance(v, list) else v}"
                    for k, v in DEFAULT_JOB.items())
-    return (f"With no options, or only {', '.join(how)}, this runs the default job: {job}. Any "
-            "other option, or a --config recipe, starts from the defaults listed below instead.")
+    chosen = ", ".join(flag(n) for n in sorted(JOB_OPTIONS))
+    return (f"Without {chosen}, --recipe or --config, this runs the default job: {job}; any "
+            "other option (--epochs, --seed, --lr, ...) changes only that setting of it. "
+            "Without a recipe, a method's own epochs, learning rate and schedule (where it has "
+            "them) replace the general defaults below; a recipe states its own.")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="neuroplast", description="Train neural networks that decide their own size.")
+    parser.add_argument("--version", action="version", version=f"neuroplast {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser(
         "train", help="train a run (no options: the default job)",
@@ -288,14 +312,21 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run_dir")
     export = commands.add_parser("export", help="export a run's compact model")
     export.add_argument("run_dir")
-    export.add_argument("--format", choices=("torchscript", "onnx"), default="torchscript")
+    export.add_argument(
+        "--format", choices=FORMATS, default=FORMATS[0],
+        help="pt2 (default): a torch.export program, for torch.export.load; onnx: through the "
+             "torch.export-based exporter (needs neuroplast[onnx]); safetensors: the weights, "
+             "with the architecture as JSON beside them; torchscript: legacy, deprecated by "
+             "PyTorch. pt2 and onnx take a batch of any size")
     export.add_argument("--output", default=None, help="file to write (default in the run dir)")
     export.add_argument(
         "--without-standardisation", dest="standardise", action="store_false",
         help="leave out the input standardisation that the file otherwise starts with: it then "
              "takes standardised inputs, as the network saw in training, instead of inputs as "
              "the data set holds them (images scaled to [0, 1])")
-    commands.add_parser("list", help="list methods, models and data sets")
+    commands.add_parser("list", help="list methods, models and data sets, one per line")
+    commands.add_parser("recipes", help="list the installed recipes (run one with "
+                                        "`neuroplast train --recipe NAME`)")
     return parser
 
 
@@ -303,8 +334,6 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``neuroplast`` command."""
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
-    from .train import run
-
     try:
         if args.command in ("train", "resume"):
             return _train_or_resume(args, argv)
@@ -316,15 +345,42 @@ def main(argv: list[str] | None = None) -> int:
             print(write_report(args.run_dir))
             return 0
         if args.command == "export":
-            print(run.export_run(args.run_dir, args.format, args.output, args.standardise))
+            from .export import export_run_model
+
+            for path in export_run_model(args.run_dir, args.format, args.output,
+                                         args.standardise):
+                print(path)
             return 0
-        print("methods: ", ", ".join(f"{n} ({m.description})" for n, m in METHODS.items()))
-        print("models:  ", ", ".join(MODELS))
-        print("datasets:", ", ".join(DATASETS))
+        if args.command == "recipes":
+            _print_table([(recipe.name, recipe.description) for recipe in list_recipes()])
+            return 0
+        print("methods:")
+        _print_table([(name, method.description) for name, method in METHODS.items()], "  ")
+        print("models:")
+        _print_table([(name, "") for name in MODELS], "  ")
+        print("datasets:")
+        _print_table([(name, "") for name in DATASETS], "  ")
         return 0
     except USER_ERRORS as error:
         print(f"neuroplast: error: {error}", file=sys.stderr)
         return 2
+
+
+def package_version() -> str:
+    """neuroplast's version as installed (its distribution metadata), else ``__version__``."""
+    try:
+        return metadata.version("neuroplast")
+    except metadata.PackageNotFoundError:  # run from a source tree that is not installed
+        from . import __version__
+
+        return __version__
+
+
+def _print_table(rows: list[tuple[str, str]], indent: str = "") -> None:
+    """One row a line: the name, then its description (if any) in an aligned column."""
+    width = max((len(name) for name, _ in rows), default=0)
+    for name, description in rows:
+        print(f"{indent}{name:<{width}}  {description}".rstrip())
 
 
 def _train_or_resume(args: argparse.Namespace, argv: list[str]) -> int:

@@ -1,4 +1,4 @@
-"""Compact export: a plain PyTorch model with only the live units, TorchScript and ONNX files.
+"""Compact export: a plain PyTorch model with only the live units, and files that run it.
 
 :func:`compact_model` removes every unit a gate switches off at test time, folds the surviving
 gates' test-time scales into a neighbouring layer (the producer's rows, a BatchNorm's affine
@@ -9,16 +9,28 @@ to its live inputs behind an ``index_select``, so those features cost nothing ei
 left contains only ``torch.nn`` layers and tensor operations (models with custom blocks, or a
 feature selection, are traced into a ``torch.fx.GraphModule``), so it runs without neuroplast
 installed.
+
+Files: a ``torch.export`` program (``.pt2``, the default), ONNX through the
+``torch.export``-based exporter, the weights as safetensors with a JSON of the architecture,
+and TorchScript as a legacy option. ``.pt2`` and ONNX files take a batch of any size.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import importlib
+import json
+import logging
 import os
+import warnings
 from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
+from safetensors.torch import save_file
 from torch import nn
 from torch.nn.utils import parametrize
 
@@ -322,12 +334,22 @@ def compact_model(model: nn.Module, select_inputs: bool = True) -> nn.Module:
 
 MeanStd = tuple[list[float], list[float]]
 
+# What an export traces the model with: a batch of real inputs (any dtype: images, table rows,
+# integer token ids), or, where no data is at hand, one example's shape (float32 inputs).
+Example = torch.Tensor | tuple[int, ...]
+
+FORMATS: tuple[str, ...] = ("pt2", "onnx", "safetensors", "torchscript")
+"""Export formats, the default first; ``torchscript`` is legacy (PyTorch deprecates it)."""
+
+DEFAULT_FILES = {"pt2": "model.pt2", "onnx": "model.onnx", "safetensors": "model.safetensors",
+                 "torchscript": "model.torchscript.pt"}
+
 
 def standardisation_layer(mean: list[float], std: list[float], input_ndim: int) -> nn.Module:
     """A plain PyTorch layer computing ``(x - mean) / std`` per channel (dimension 1).
 
     An eval-mode BatchNorm without affine parameters and with ``eps = 0`` is exactly that, and
-    every runtime (TorchScript, ONNX) knows it, so an exported file needs nothing custom.
+    every runtime (``torch.export``, ONNX) knows it, so an exported file needs nothing custom.
     """
     if input_ndim not in (1, 2, 3):
         raise ExportError(f"cannot standardise inputs of {input_ndim} dimensions per example")
@@ -338,88 +360,308 @@ def standardisation_layer(mean: list[float], std: list[float], input_ndim: int) 
     return layer.eval()
 
 
-def _exportable(
-    model: nn.Module, input_shape: tuple[int, ...], mean_std: MeanStd | None
-) -> nn.Module:
-    compact = compact_model(model)
-    if mean_std is None:
-        return compact
-    front = standardisation_layer(*mean_std, input_ndim=len(input_shape))
-    return nn.Sequential(front.to(_example_input(compact, input_shape).device), compact).eval()
+def example_batch(model: nn.Module, example: Example, batch: int = 2) -> torch.Tensor:
+    """The batch an exporter traces ``model`` with, on the model's device.
 
-
-def _example_input(model: nn.Module, input_shape: tuple[int, ...], batch: int = 2) -> torch.Tensor:
-    """A fixed random batch for tracing, on the model's device."""
+    ``example`` is a batch of real inputs, whose dtype is kept (integer ids for a token model);
+    a batch of one is repeated, since an exporter would fix the batch dimension at 1. Or it is
+    one example's shape, for when no data is at hand: then a fixed float32 batch in [0, 1).
+    """
     parameter = next(model.parameters(), None)
     device = parameter.device if parameter is not None else torch.device("cpu")
-    x = torch.randn((batch, *input_shape), generator=torch.Generator().manual_seed(0))
+    if isinstance(example, torch.Tensor):
+        if example.dim() == 0 or example.shape[0] == 0:
+            raise ExportError(f"the example input needs a batch dimension and at least one "
+                              f"example, got shape {tuple(example.shape)}")
+        x = example.detach()
+        if x.shape[0] < batch:
+            x = x.repeat_interleave(-(-batch // x.shape[0]), dim=0)[:batch]
+        return x.to(device)
+    x = torch.rand((batch, *example), generator=torch.Generator().manual_seed(0))
     return x.to(device)
 
 
-def export_torchscript(
+def _exportable(
+    model: nn.Module, example: Example, mean_std: MeanStd | None
+) -> tuple[nn.Module, torch.Tensor]:
+    """The compact model (behind the standardisation, if any) and the batch to trace it with."""
+    compact = compact_model(model)
+    x = example_batch(compact, example)
+    if mean_std is None:
+        return compact, x
+    front = standardisation_layer(*mean_std, input_ndim=x.dim() - 1)
+    return nn.Sequential(front.to(x.device), compact).eval(), x
+
+
+def _dynamic_batch() -> tuple[dict[int, torch.export.Dim]]:
+    return ({0: torch.export.Dim("batch")},)
+
+
+def export_program(
+    model: nn.Module, example: Example, mean_std: MeanStd | None = None
+) -> torch.export.ExportedProgram:
+    """Compact ``model`` and capture it with ``torch.export``, the batch dimension dynamic.
+
+    ``example`` is a batch of real inputs or one example's shape (see :func:`example_batch`);
+    ``mean_std`` (per-channel lists) puts the input standardisation in front of the network.
+    """
+    compact, x = _exportable(model, example, mean_std)
+    try:
+        with torch.no_grad():
+            return torch.export.export(compact, (x,), dynamic_shapes=_dynamic_batch())
+    except Exception as error:  # torch.export raises many types; all mean "not exportable"
+        raise ExportError(
+            f"torch.export could not capture the compact model with a dynamic batch "
+            f"dimension: {error}"
+        ) from error
+
+
+def export_pt2(
     model: nn.Module,
     path: str | os.PathLike,
-    input_shape: tuple[int, ...],
+    example: Example,
     mean_std: MeanStd | None = None,
 ) -> Path:
-    """Compact ``model`` and save it as TorchScript (``torch.jit.load`` runs it, no neuroplast).
+    """Compact ``model`` and save it as a ``torch.export`` program (``.pt2``), batch dynamic.
 
+    ``torch.export.load(path).module()`` runs it without neuroplast installed. ``example`` is
+    a batch of real inputs (their dtype is what the file takes) or one example's shape;
     ``mean_std`` (per-channel lists) puts the input standardisation in front of the network.
     """
     path = Path(path)
-    compact = _exportable(model, input_shape, mean_std)
-    with torch.no_grad():
-        scripted = torch.jit.trace(compact, _example_input(compact, input_shape))
-    _atomic_save(lambda tmp: torch.jit.save(scripted, tmp), path)
+    program = export_program(model, example, mean_std)
+    _atomic_save(lambda tmp: torch.export.save(program, tmp), path)
     return path
 
 
 def export_onnx(
     model: nn.Module,
     path: str | os.PathLike,
-    input_shape: tuple[int, ...],
+    example: Example,
     mean_std: MeanStd | None = None,
 ) -> Path:
-    """Compact ``model`` and save it as ONNX with a dynamic batch dimension.
+    """Compact ``model`` and save it as ONNX (the ``torch.export``-based exporter), batch dynamic.
 
-    ``mean_std`` (per-channel lists) puts the input standardisation in front of the network.
+    The graph's input is named ``input`` and its output ``logits``. ``example`` is a batch of
+    real inputs or one example's shape; ``mean_std`` (per-channel lists) puts the input
+    standardisation in front of the network. Needs the ``onnx`` extra (onnx, onnxscript).
     """
+    for package in ("onnx", "onnxscript"):
+        try:
+            importlib.import_module(package)
+        except ImportError as error:
+            raise ExportError(
+                f"ONNX export needs an extra package ({package}): pip install 'neuroplast[onnx]'"
+            ) from error
     path = Path(path)
-    compact = _exportable(model, input_shape, mean_std)
-    example = _example_input(compact, input_shape)
+    compact, x = _exportable(model, example, mean_std)
 
     def write(tmp: str) -> None:
-        try:
+        with _quiet_onnx_exporter(), torch.no_grad():
             torch.onnx.export(
-                compact, (example,), tmp, input_names=["input"], output_names=["logits"],
-                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False,
+                compact, (x,), tmp, dynamo=True, external_data=False, verbose=False,
+                input_names=["input"], output_names=["logits"],
+                dynamic_shapes=_dynamic_batch(),
             )
-        except Exception as error:
-            missing = _missing_onnx_package(error)
-            if missing is None:
-                raise
-            raise ExportError(
-                f"ONNX export needs an extra package ({missing}): pip install 'neuroplast[onnx]'"
-            ) from error
 
     _atomic_save(write, path)
     return path
 
 
-def _missing_onnx_package(error: BaseException) -> str | None:
-    """The package whose absence ``error`` reports (torch wraps the ImportError), or None."""
-    while error is not None:
-        if isinstance(error, ModuleNotFoundError):
-            return error.name or "onnx"
-        if "not installed" in str(error):  # torch.onnx.OnnxExporterError: "Module onnx is ..."
-            return "onnx"
-        error = error.__cause__ or error.__context__
-    return None
+@contextlib.contextmanager
+def _quiet_onnx_exporter() -> Iterator[None]:
+    """Silence what torch's ONNX exporter says about itself, which no caller can act on: a log
+    line per torchvision operator it skips, and a FutureWarning torch 2.13 raises from its own
+    use of a deprecated pytree class."""
+    logger = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)`",
+                                    category=FutureWarning)
+            yield
+    finally:
+        logger.setLevel(level)
 
 
-def _atomic_save(write, path: Path) -> None:
+def architecture_path(weights_path: str | os.PathLike) -> Path:
+    """Where :func:`export_safetensors` writes the architecture of ``weights_path``."""
+    return Path(weights_path).with_suffix(".json")
+
+
+# Constructor settings worth recording per layer, where a layer has them.
+_LAYER_SETTINGS = (
+    "in_features", "out_features", "in_channels", "out_channels", "kernel_size", "stride",
+    "padding", "dilation", "groups", "num_features", "eps", "affine", "num_embeddings",
+    "embedding_dim", "output_size", "start_dim", "end_dim", "p",
+)
+
+
+def _layer_record(name: str, module: nn.Module) -> dict[str, Any]:
+    cls = type(module)
+    kind = f"torch.nn.{cls.__name__}" if getattr(nn, cls.__name__, None) is cls else (
+        f"{cls.__module__}.{cls.__qualname__}")
+    record: dict[str, Any] = {"name": name, "type": kind}
+    for setting in _LAYER_SETTINGS:
+        value = getattr(module, setting, None)
+        if isinstance(value, bool | int | float | str | tuple):
+            record[setting] = list(value) if isinstance(value, tuple) else value
+    if isinstance(module, nn.Linear | nn.modules.conv._ConvNd):
+        record["bias"] = module.bias is not None
+    return record
+
+
+def architecture(compact: nn.Module, example: torch.Tensor) -> dict[str, Any]:
+    """A small JSON-ready account of a compact model: its input, its layers (type, widths and
+    settings, in definition order) and, for a traced model, the code of its ``forward``."""
+    return {
+        "format": "neuroplast-compact/1",
+        "input_shape": list(example.shape[1:]),
+        "input_dtype": str(example.dtype).removeprefix("torch."),
+        "parameters": sum(p.numel() for p in compact.parameters()),
+        "layers": [_layer_record(name, module) for name, module in compact.named_modules()
+                   if name and not list(module.children())],
+        "forward": compact.code if isinstance(compact, torch.fx.GraphModule) else None,
+    }
+
+
+def export_safetensors(
+    model: nn.Module,
+    path: str | os.PathLike,
+    example: Example,
+    mean_std: MeanStd | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> Path:
+    """Save the compact model's weights as safetensors, and its architecture as JSON beside it.
+
+    The weights are the compact model's ``state_dict`` (no standardisation layer in front);
+    the JSON (:func:`architecture_path`: same name, ``.json``) holds :func:`architecture`, the
+    input standardisation ``input_mean``/``input_std`` (``mean_std``, or null) and
+    ``metadata``. ``example`` gives the input's shape and dtype.
+    """
+    path = Path(path)
+    compact = compact_model(model)
+    x = example_batch(compact, example)
+    tensors = {name: tensor.detach().cpu().clone().contiguous()  # no shared storage
+               for name, tensor in compact.state_dict().items()}
+    record = architecture(compact, x)
+    record["weights"] = path.name
+    record["input_mean"], record["input_std"] = mean_std if mean_std is not None else (None, None)
+    record.update(metadata or {})
+    _atomic_save(lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}), path)
+    text = json.dumps(record, indent=1) + "\n"
+    _atomic_save(lambda tmp: Path(tmp).write_text(text), architecture_path(path))
+    return path
+
+
+def export_torchscript(
+    model: nn.Module,
+    path: str | os.PathLike,
+    example: Example,
+    mean_std: MeanStd | None = None,
+) -> Path:
+    """Legacy: compact ``model`` and save it as TorchScript (``torch.jit.load`` runs it).
+
+    PyTorch deprecates TorchScript; prefer :func:`export_pt2`. This stays for runtimes that
+    only load TorchScript, and silences the deprecation warnings of the ``torch.jit`` calls
+    it makes, since asking for this format is the caller's explicit choice. ``example`` is a
+    batch of real inputs or one example's shape; ``mean_std`` (per-channel lists) puts the
+    input standardisation in front of the network.
+    """
+    path = Path(path)
+    compact, x = _exportable(model, example, mean_std)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated",
+                                category=DeprecationWarning)
+        with torch.no_grad():
+            scripted = torch.jit.trace(compact, x)
+        _atomic_save(lambda tmp: torch.jit.save(scripted, tmp), path)
+    return path
+
+
+_EXPORTERS = {"pt2": export_pt2, "onnx": export_onnx, "safetensors": export_safetensors,
+              "torchscript": export_torchscript}
+
+
+def export_model(
+    model: nn.Module,
+    path: str | os.PathLike,
+    fmt: str,
+    example: Example,
+    mean_std: MeanStd | None = None,
+) -> Path:
+    """Export ``model`` compacted in ``fmt``, one of :data:`FORMATS`; the file's path."""
+    if fmt not in _EXPORTERS:
+        raise ExportError(f"unknown export format '{fmt}'; choose one of: {', '.join(FORMATS)}")
+    return _EXPORTERS[fmt](model, path, example, mean_std)
+
+
+def run_example(run_dir: str | os.PathLike, standardised: bool, rows: int = 2
+                ) -> torch.Tensor | None:
+    """The first ``rows`` test inputs of a run's data set, None when the data is not at hand.
+
+    ``standardised``: as the network saw them in training; otherwise as the data set holds
+    them (images scaled to [0, 1]). Nothing is downloaded.
+    """
+    from .data import DataError, load_dataset
+    from .train.run import read_config, read_data_record
+
+    config = read_config(run_dir)
+    try:
+        data = load_dataset(
+            config.dataset, config.data_dir, seed=config.train.seed,
+            val_fraction=config.val_fraction, download=False, label_column=config.label_column,
+            standardise=standardised and config.standardise)
+    except (DataError, OSError):
+        return None
+    x = data.x_test if len(data.x_test) else data.x_train
+    record = read_data_record(run_dir)
+    if record is not None and list(x.shape[1:]) != list(record["input_shape"]):
+        return None  # the data set changed since the run
+    return x[:rows].clone() if len(x) else None
+
+
+def export_run_model(
+    run_dir: str | os.PathLike,
+    fmt: str = "pt2",
+    output: str | os.PathLike | None = None,
+    standardise: bool = True,
+) -> list[Path]:
+    """Export a run's final model, compacted, in ``fmt`` (:data:`FORMATS`); the files written.
+
+    The default file is ``model.<format>`` in the run directory (``safetensors`` also writes
+    the architecture JSON beside it). With ``standardise`` (the default) the file starts with
+    the run's input standardisation, so it takes inputs as the data set holds them (images
+    scaled to [0, 1]); without it, it takes standardised inputs, as the network saw in
+    training. Tracing uses real test inputs when the run's data set is at hand, otherwise
+    inputs of the run's recorded shape: the data set is not needed.
+    """
+    from .train.run import load_run_model, read_config, read_data_record, run_standardisation
+
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown export format '{fmt}'; choose one of: {', '.join(FORMATS)}")
+    model, input_shape = load_run_model(run_dir)
+    mean_std = run_standardisation(run_dir) if standardise else None
+    example = run_example(run_dir, standardised=mean_std is None)
+    target = Path(output) if output is not None else Path(run_dir) / DEFAULT_FILES[fmt]
+    if fmt != "safetensors":
+        path = export_model(model, target, fmt, input_shape if example is None else example,
+                            mean_std)
+        return [path]
+    config, record = read_config(run_dir), read_data_record(run_dir) or {}
+    metadata = {"model": config.model, "dataset": config.dataset,
+                "num_classes": record.get("num_classes"),
+                "class_names": record.get("class_names")}
+    path = export_safetensors(model, target, input_shape if example is None else example,
+                              mean_std, metadata)
+    return [path, architecture_path(path)]
+
+
+def _atomic_save(write: Callable[[str], object], path: Path) -> None:
+    """Write ``path`` through a temporary file beside it (same extension), then rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
     try:
         write(str(tmp))
         os.replace(tmp, path)

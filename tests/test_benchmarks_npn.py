@@ -70,7 +70,7 @@ def test_expand_runs_typed_out_show_as_the_expand_recipe_and_equal_it():
     options = ("--npn-mode expand --npn-k 1 --npn-wake-logit 0 --npn-init-sizes 7,16,256,16 "
                "--lr 0.02 --npn-lambdas 2.5e-4,8.3333e-6,8e-6,6e-4 --epochs 130 "
                "--npn-stages 0.154,0.538 --npn-implementation physical")
-    typed_out = (f"neuroplast train --config recipes/npn-lenet5-mnist-sparse-sgd.toml "
+    typed_out = (f"neuroplast train --config neuroplast/recipes/npn-lenet5-mnist-sparse-sgd.toml "
                  f"--data-dir d {options} --seed 1 --out runs/x")
     assert npn_tables._recipe_and_settings(typed_out) == (
         "npn-lenet5-mnist-expand-sgd", "(the recipe)")
@@ -82,7 +82,7 @@ def test_expand_runs_typed_out_show_as_the_expand_recipe_and_equal_it():
     assert other[0] == "npn-lenet5-mnist-sparse-sgd" and "--lr 0.01" in other[1]
     # what the typed-out command trains is what the recipe trains
     recipe = cli.config_from_options(
-        {"config": str(ROOT / "recipes" / "npn-lenet5-mnist-expand-sgd.toml")}).to_json()
+        {"config": str(ROOT / "neuroplast/recipes/npn-lenet5-mnist-expand-sgd.toml")}).to_json()
     words = shlex.split(typed_out)[1:]
     words[words.index("--config") + 1] = str(ROOT / words[words.index("--config") + 1])
     args = vars(cli.build_parser().parse_args(words))

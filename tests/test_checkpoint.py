@@ -13,8 +13,10 @@ import torch
 from torch import nn
 
 import neuroplast as npl
-from neuroplast.core.checkpoint import write_atomic
+from neuroplast.core.checkpoint import load_checkpoint, write_atomic
 from neuroplast.models import build_model
+from neuroplast.train import Trainer
+from neuroplast.train.loop import TrainConfig
 
 
 def _batches(seed, steps=4):
@@ -235,3 +237,46 @@ def test_written_files_get_the_mode_a_plain_open_would_give(tmp_path):
         os.umask(previous)
     mode = (tmp_path / "a.json").stat().st_mode & 0o777
     assert mode == (tmp_path / "b.json").stat().st_mode & 0o777 == 0o640
+
+
+def test_checkpoint_every_n_epochs_resumes_exactly_from_the_last_one_written(tmp_path):
+    from run_helpers import assert_same_run
+
+    from neuroplast.train import Callback
+    from neuroplast.train.run import RunConfig, resume_run, train_run
+
+    class StopAfterEpoch(Callback):
+        def on_epoch_end(self, trainer, epoch):
+            if epoch == 3:
+                raise KeyboardInterrupt  # between epochs: no mid-epoch position to save
+
+    def config(out):
+        train = TrainConfig(epochs=5, batch_size=32, seed=3, progress=False, threads=1,
+                            checkpoint_every=2)
+        return RunConfig(method="fixed", model="mlp", dataset="digits", widths=[16],
+                         out=str(out), train=train)
+
+    train_run(config(tmp_path / "straight"))
+    summary = train_run(config(tmp_path / "cut"), callbacks=[StopAfterEpoch()])
+    assert summary["stopped_early"] == "interrupted"
+    # Epoch 3 was not due (every 2): the checkpoint on disk is epoch 2's, and resuming it
+    # redoes epoch 3 exactly, ending where the uninterrupted run ended.
+    assert load_checkpoint(tmp_path / "cut" / "checkpoint").epoch == 2
+    assert resume_run(tmp_path / "cut")["epochs"] == 5
+    assert_same_run(tmp_path / "straight", tmp_path / "cut")
+
+
+def test_the_automatic_rule_keeps_checkpoint_time_a_small_share():
+    trainer = Trainer.__new__(Trainer)
+    trainer.config = TrainConfig(checkpoint_every=0)
+    trainer._save_seconds, trainer._unsaved_seconds, trainer.epoch = None, 0.0, 1
+    assert trainer._checkpoint_due(0.01)  # nothing saved yet: save to learn the cost
+    trainer._save_seconds, trainer._unsaved_seconds = 0.1, 0.0
+    due = [trainer._checkpoint_due(0.5) for _ in range(8)]
+    # 0.1 s to save against 0.5 s epochs: due once 1.9 s of training is unsaved (4th epoch).
+    assert due == [False, False, False, True, True, True, True, True]
+
+
+def test_checkpoint_every_must_be_a_count():
+    with pytest.raises(ValueError, match="checkpoint every"):
+        TrainConfig(checkpoint_every=-1).validate()

@@ -135,6 +135,30 @@ def test_no_arguments_means_the_default_job():
     assert (config.method, config.dataset) == ("fixed", "moons")
 
 
+def test_an_option_that_does_not_choose_the_job_changes_only_itself():
+    default = cli.config_from_options({})
+    config = cli.config_from_options({"epochs": 50})
+    assert (config.method, config.dataset, config.widths) == ("metanet", "digits", [8])
+    assert config.train.epochs == 50
+    # Everything else is the default job's (compared field by field with the plain default).
+    for name in ("lr", "scheduler", "optimizer", "batch_size", "seed"):
+        assert getattr(config.train, name) == getattr(default.train, name), name
+    assert (default.train.epochs, default.train.lr, default.train.scheduler) == (
+        30, 0.01, "cosine")
+
+
+def test_a_method_brings_its_own_schedule_unless_a_recipe_or_an_option_sets_it(tmp_path):
+    config = cli.config_from_options({"method": "metanet", "dataset": "digits", "widths": [4]})
+    assert (config.train.epochs, config.train.lr, config.train.scheduler) == (30, 0.01, "cosine")
+    config = cli.config_from_options({"method": "metanet", "epochs": 5})
+    assert (config.train.epochs, config.train.lr) == (5, 0.01)
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('method = "metanet"\ndataset = "digits"\nepochs = 4\n')
+    config = cli.config_from_options({"config": str(recipe)})
+    # The recipe says what it says: no method default slips under it.
+    assert (config.train.epochs, config.train.lr, config.train.scheduler) == (4, 1e-3, "none")
+
+
 @pytest.mark.skipif(not MNIST.is_dir(), reason="needs ../shared/data/mnist")
 def test_mnist_from_the_shared_copy_trains(tmp_path, capsys):
     code, _, _ = run(capsys, "train", "--dataset", "mnist", "--data-dir", MNIST, "--model", "mlp",

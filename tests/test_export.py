@@ -1,18 +1,23 @@
-"""Compact export: same predictions with only live units, in plain PyTorch, TorchScript, ONNX."""
+"""Compact export: same predictions with only live units, in plain PyTorch and in .pt2, ONNX,
+safetensors and (legacy) TorchScript files that run without neuroplast."""
 
+import json
 import subprocess
 import sys
 import textwrap
+import warnings
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 import neuroplast as npl
+from neuroplast import cli
 from neuroplast.data import load_dataset
 from neuroplast.models import build_model
 from neuroplast.train.loop import TrainConfig
-from neuroplast.train.run import RunConfig, load_run_model, train_run
+from neuroplast.train.run import RunConfig, load_run_model, run_standardisation, train_run
 
 
 def _gated_mlp():
@@ -161,33 +166,220 @@ def test_compacting_a_compact_traced_model_changes_nothing():
     assert npl.count_parameters(again) == npl.count_parameters(compact)
 
 
-def test_torchscript_file_runs_without_neuroplast(tmp_path):
+@pytest.mark.parametrize("category", [DeprecationWarning, FutureWarning])
+def test_deprecation_warnings_raised_from_neuroplast_fail_the_tests(category):
+    # pyproject's filterwarnings: what neuroplast's own modules trigger is an error ...
+    with pytest.raises(category):
+        warnings.warn_explicit("old API", category, "export.py", 1, module="neuroplast.export")
+    # ... and only theirs
+    with pytest.warns(category):
+        warnings.warn_explicit("old API", category, "x.py", 1, module="neuroplastic")
+
+
+def _run_without_neuroplast(script: str) -> None:
+    """Run ``script`` in a fresh Python in which importing neuroplast fails."""
+    code = "import sys\nsys.modules['neuroplast'] = None  # importing neuroplast now fails\n"
+    subprocess.run([sys.executable, "-c", code + textwrap.dedent(script)], check=True,
+                   timeout=120)
+
+
+def _mlp_on_digits():
+    """A pruned MLP and real digits inputs; dead pixels make compaction select features."""
+    data = load_dataset("digits", seed=0, standardise=False)
+    model = build_model("mlp", (1, 8, 8), 10, widths=[12]).eval()
+    npl.prune_units(model, "fc1", [0, 2, 3, 5, 6, 7, 8, 9, 11])
+    with torch.no_grad():
+        model.fc1.weight[:, data.x_train.flatten(1).std(0) == 0] = 0  # pixels that never vary
+    return model, data.x_test[:5], data.x_test[5:9]
+
+
+def _lenet5_on_images():
+    torch.manual_seed(0)
+    model = build_model("lenet5", (1, 28, 28), 10, widths=[6, 8, 20]).eval()
+    npl.prune_units(model, "conv2", [0, 3, 5])
+    return model, torch.rand(3, 1, 28, 28), torch.rand(4, 1, 28, 28)
+
+
+def _resnet20_on_images():
+    torch.manual_seed(0)
+    model = build_model("resnet20", (3, 32, 32), 10)
+    model.train()
+    with torch.no_grad():
+        model(torch.rand(8, 3, 32, 32))  # BatchNorm statistics: what a short run leaves
+    model.eval()
+    npl.prune_units(model, "layer1.0.conv1", [0, 1, 2])
+    return model, torch.rand(2, 3, 32, 32), torch.rand(3, 3, 32, 32)
+
+
+@pytest.mark.parametrize("build", [_mlp_on_digits, _lenet5_on_images, _resnet20_on_images],
+                         ids=["mlp", "lenet5", "resnet20"])
+def test_pt2_and_onnx_files_reproduce_the_compact_model_without_neuroplast(tmp_path, build):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    model, example, x = build()
+    compact = npl.compact_model(model)
+    with warnings.catch_warnings():  # no deprecated API, of neuroplast's or torch's
+        warnings.simplefilter("error", DeprecationWarning)
+        warnings.simplefilter("error", FutureWarning)
+        pt2 = npl.export_pt2(model, tmp_path / "model.pt2", example)
+        onnx_path = npl.export_onnx(model, tmp_path / "model.onnx", example)
+    torch.save(x, tmp_path / "x.pt")
+    _run_without_neuroplast(f"""
+        import onnxruntime, torch
+        x = torch.load(r"{tmp_path / 'x.pt'}")
+        program = torch.export.load(r"{pt2}").module()
+        session = onnxruntime.InferenceSession(r"{onnx_path}")
+        outputs = {{}}
+        for rows in (len(x), 1):  # the batch dimension is dynamic
+            outputs[f"pt2-{{rows}}"] = program(x[:rows])
+            (logits,) = session.run(None, {{"input": x[:rows].numpy()}})
+            outputs[f"onnx-{{rows}}"] = torch.from_numpy(logits)
+        torch.save(outputs, r"{tmp_path / 'y.pt'}")
+        """)
+    outputs = torch.load(tmp_path / "y.pt")
+    with torch.no_grad():
+        expected = {len(x): compact(x), 1: compact(x[:1])}
+        torch.testing.assert_close(expected[len(x)], model(x), rtol=1e-4, atol=1e-5)
+    for rows, want in expected.items():
+        torch.testing.assert_close(outputs[f"pt2-{rows}"], want, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(outputs[f"onnx-{rows}"], want, rtol=1e-4, atol=1e-5)
+
+
+class _TokenBag(nn.Module):
+    """A token model: integer ids in, the mean of their embeddings classified."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(20, 6)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, ids):
+        return self.head(self.embed(ids).mean(1))
+
+
+def test_exports_trace_with_the_example_inputs_dtype(tmp_path):
+    # integer ids, as a token model reads: a float example could not be traced at all
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    import onnxruntime as ort
+
+    model = _TokenBag().eval()
+    ids = torch.randint(0, 20, (1, 7))  # one example: the batch stays dynamic all the same
+    pt2 = npl.export_pt2(model, tmp_path / "bag.pt2", ids)
+    onnx_path = npl.export_onnx(model, tmp_path / "bag.onnx", ids)
+    batch = torch.randint(0, 20, (4, 7))
+    with torch.no_grad():
+        expected = model(batch)
+    torch.testing.assert_close(torch.export.load(pt2).module()(batch), expected)
+    (logits,) = ort.InferenceSession(str(onnx_path)).run(None, {"input": batch.numpy()})
+    torch.testing.assert_close(torch.from_numpy(logits), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_an_example_shape_alone_traces_float_inputs():
     model = _gated_mlp()
-    path = npl.export_torchscript(model, tmp_path / "model.pt", (1, 4, 4))
+    x = npl.export.example_batch(model, (1, 4, 4))
+    assert x.shape == (2, 1, 4, 4) and x.dtype == torch.float32
+    ids = npl.export.example_batch(model, torch.tensor([[3, 1]]))
+    assert ids.tolist() == [[3, 1], [3, 1]]  # a batch of one is repeated, dtype kept
+
+
+def test_safetensors_holds_the_compact_weights_and_a_json_architecture(tmp_path):
+    from safetensors.torch import load_file
+
+    model = _gated_mlp()
+    mean_std = ([0.5], [2.0])
+    path = npl.export_safetensors(model, tmp_path / "model.safetensors", (1, 4, 4), mean_std,
+                                  metadata={"model": "gated-mlp"})
+    compact = npl.compact_model(model)
+    weights = load_file(path)
+    assert weights.keys() == compact.state_dict().keys()
+    for name, tensor in compact.state_dict().items():
+        torch.testing.assert_close(weights[name], tensor, rtol=0, atol=0)
+    record = json.loads(npl.export.architecture_path(path).read_text())
+    linears = [layer for layer in record["layers"] if layer["type"] == "torch.nn.Linear"]
+    assert [layer["out_features"] for layer in linears] == [7, 6, 5, 3]
+    assert [layer["in_features"] for layer in linears] == [16, 7, 6, 5]
+    assert record["input_shape"] == [1, 4, 4] and record["input_dtype"] == "float32"
+    assert record["parameters"] == npl.count_parameters(compact)
+    assert (record["input_mean"], record["input_std"]) == mean_std
+    assert record["weights"] == "model.safetensors" and record["model"] == "gated-mlp"
+
+
+def test_legacy_torchscript_file_runs_without_neuroplast_and_warns_nothing(tmp_path):
+    model = _gated_mlp()
+    with warnings.catch_warnings():  # torch deprecates torch.jit: silenced for this legacy path
+        warnings.simplefilter("error")
+        path = npl.export_torchscript(model, tmp_path / "model.pt", (1, 4, 4))
     x = torch.randn(5, 1, 4, 4)
     torch.save(x, tmp_path / "x.pt")
-    script = textwrap.dedent(
-        f"""
-        import sys, torch
-        sys.modules["neuroplast"] = None  # importing neuroplast now fails
+    _run_without_neuroplast(f"""
+        import torch
         m = torch.jit.load(r"{path}")
         torch.save(m(torch.load(r"{tmp_path / 'x.pt'}")), r"{tmp_path / 'y.pt'}")
-        """
-    )
-    subprocess.run([sys.executable, "-c", script], check=True)
+        """)
     torch.testing.assert_close(torch.load(tmp_path / "y.pt"), model(x), rtol=1e-5, atol=1e-6)
 
 
-def test_onnx_file_agrees(tmp_path):
-    ort = pytest.importorskip("onnxruntime")
-    pytest.importorskip("onnx")
-    model = build_model("lenet5", (1, 28, 28), 10, widths=[6, 8, 20]).eval()
-    npl.prune_units(model, "conv2", [0, 3, 5])
-    path = npl.export_onnx(model, tmp_path / "model.onnx", (1, 28, 28))
-    x = torch.randn(7, 1, 28, 28)
-    session = ort.InferenceSession(str(path))
-    (ours,) = session.run(None, {"input": x.numpy()})
-    torch.testing.assert_close(torch.from_numpy(ours), model(x), rtol=1e-4, atol=1e-5)
+def _blobs_run(tmp_path):
+    """A tiny run on an .npz table whose features sit far from 0 (standardisation matters)."""
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, size=300)
+    x = rng.normal(size=(300, 5)) + y[:, None] * 2
+    x = (x * np.array([1, 10, 100, 0.1, 5]) + np.array([0, 3, -200, 1, 40])).astype(np.float32)
+    np.savez(tmp_path / "blobs.npz", x=x, y=y)
+    config = RunConfig(method="fixed", model="mlp", dataset="npz",
+                       data_dir=str(tmp_path / "blobs.npz"), widths=[8],
+                       out=str(tmp_path / "run"),
+                       train=TrainConfig(epochs=1, batch_size=32, seed=0, progress=False,
+                                         threads=1, lr=0.01))
+    train_run(config)
+    return tmp_path / "run"
+
+
+def test_a_run_exports_traced_with_its_own_data_or_without_it(tmp_path, monkeypatch):
+    run_dir = _blobs_run(tmp_path)
+    raw = load_dataset("npz", tmp_path / "blobs.npz", seed=0, standardise=False)
+    examples = []
+    export_model = npl.export.export_model
+
+    def spy(model, path, fmt, example, mean_std=None):
+        examples.append(example)
+        return export_model(model, path, fmt, example, mean_std)
+
+    monkeypatch.setattr(npl.export, "export_model", spy)
+    (pt2,) = npl.export.export_run_model(run_dir)
+    assert pt2 == run_dir / "model.pt2"
+    # traced with the run's real test inputs, as the exported file takes them
+    torch.testing.assert_close(examples[0], raw.x_test[:2])
+    network, _ = load_run_model(run_dir)
+    mean, std = (torch.tensor(v) for v in run_standardisation(run_dir))
+    with torch.no_grad():  # inputs as the data set holds them, standardised inside the file
+        expected = network((raw.x_test - mean) / std)
+    torch.testing.assert_close(torch.export.load(pt2).module()(raw.x_test), expected,
+                               rtol=1e-4, atol=1e-5)
+    (tmp_path / "blobs.npz").unlink()  # the data is gone: the recorded shape is enough
+    (other,) = npl.export.export_run_model(run_dir, output=tmp_path / "again.pt2")
+    assert examples[1] == (5,)
+    torch.testing.assert_close(torch.export.load(other).module()(raw.x_test), expected,
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_cli_export_writes_every_format_pt2_by_default(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    run_dir = _blobs_run(tmp_path)
+    written = {}
+    for fmt in (None, "onnx", "safetensors", "torchscript"):
+        capsys.readouterr()
+        assert cli.main(["export", str(run_dir), *(["--format", fmt] if fmt else [])]) == 0
+        written[fmt] = capsys.readouterr().out.split()
+    assert written == {
+        None: [str(run_dir / "model.pt2")], "onnx": [str(run_dir / "model.onnx")],
+        "safetensors": [str(run_dir / "model.safetensors"), str(run_dir / "model.json")],
+        "torchscript": [str(run_dir / "model.torchscript.pt")]}
+    with pytest.raises(SystemExit):
+        cli.main(["export", "--help"])
+    assert "torchscript: legacy" in " ".join(capsys.readouterr().out.split())
 
 
 def test_a_gate_that_cannot_be_folded_is_a_clear_error():

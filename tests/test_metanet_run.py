@@ -1,7 +1,6 @@
 """MetaNet inside real runs: reproducibility, exact resume, recipes and the command line."""
 
 import json
-from pathlib import Path
 
 import pytest
 from run_helpers import InterruptAt, assert_same_run, epoch_metrics
@@ -9,10 +8,11 @@ from run_helpers import InterruptAt, assert_same_run, epoch_metrics
 from neuroplast import cli
 from neuroplast.core.checkpoint import load_checkpoint
 from neuroplast.methods import build_method
+from neuroplast.recipes import RECIPE_DIR
 from neuroplast.train.loop import TrainConfig
 from neuroplast.train.run import RunConfig, resume_run, train_run
 
-RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("metanet-*.toml"))
+RECIPES = sorted(RECIPE_DIR.glob("metanet-*.toml"))
 
 # Small enough for a second per run, busy enough that every kind of event happens.
 BUSY = {"trigger": "schedule", "schedule_cycles": 3, "growth_fraction": 0.5, "growth_min": 2,

@@ -2,7 +2,6 @@
 compaction, expansion (mask vs physical), exact resume, bad input."""
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,11 +16,12 @@ from neuroplast.gates import NPNGate, compact_npn
 from neuroplast.methods import FixedWidth, build_method
 from neuroplast.methods.npn import NPN, parse_k_schedule
 from neuroplast.models import build_model
+from neuroplast.recipes import RECIPE_DIR
 from neuroplast.train import Callback
 from neuroplast.train.loop import TrainConfig, Trainer
 from neuroplast.train.run import RunConfig, resume_run, train_run
 
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+RECIPES = RECIPE_DIR
 
 
 
@@ -74,9 +74,9 @@ def test_bad_options_are_clear_errors(options, message):
 
 def test_per_layer_options_must_match_the_gated_layers():
     with pytest.raises(ValueError, match=r"3 values for 2 gated layers \(fc1, out\)"):
-        NPN(lambdas=(1e-4, 1e-4, 1e-4)).prepare_model(_moons_mlp())
+        NPN(input_gates=True, lambdas=(1e-4, 1e-4, 1e-4)).prepare_model(_moons_mlp())
     with pytest.raises(ValueError, match="init size 200 of layer 'fc1'"):
-        NPN(mode="expand", init_sizes=(200, 3)).prepare_model(_moons_mlp())
+        NPN(input_gates=True, mode="expand", init_sizes=(200, 3)).prepare_model(_moons_mlp())
 
 
 def test_cli_rejects_bad_npn_input(capsys, tmp_path):
@@ -102,7 +102,7 @@ def test_recipes_are_valid(recipe):
 # ----------------------------------------------------------------------------- placement, penalty
 def test_gates_sit_where_the_reference_puts_them():
     lenet = build_model("lenet5", (1, 28, 28), 10)
-    method = NPN()
+    method = NPN(input_gates=True)
     method.prepare_model(lenet)
     layers = {layer.name: layer for layer in method._layers}
     assert list(layers) == ["conv1", "conv2", "fc1", "out"]
@@ -113,7 +113,7 @@ def test_gates_sit_where_the_reference_puts_them():
     assert method.live_widths(lenet) == {"conv1": 20, "conv2": 50, "fc1": 800, "out": 500}
 
     resnet = build_model("resnet20", (3, 32, 32), 10)
-    method = NPN()
+    method = NPN(input_gates=True)
     method.prepare_model(resnet)
     names = [layer.name for layer in method._layers]
     assert names[0] == "conv1" and names[-1] == "fc" and len(names) == 2 + 9
@@ -124,7 +124,7 @@ def test_gates_sit_where_the_reference_puts_them():
 
 def test_penalty_is_lambda_per_weight_times_expected_active_weights():
     model = _moons_mlp()
-    method = NPN(lambdas=(2e-4, 3e-3), l2=1e-3, k=7.0)
+    method = NPN(input_gates=True, lambdas=(2e-4, 3e-3), l2=1e-3, k=7.0)
     method.prepare_model(model)
     method.set_k(7.0)
     pi_in = torch.sigmoid(7 * model.fc1_gate.phi.detach())
@@ -142,7 +142,7 @@ def test_penalty_is_lambda_per_weight_times_expected_active_weights():
 # ----------------------------------------------------------------------------- k = inf, k = 0
 def test_k_infinity_trains_exactly_like_the_plain_active_subnetwork(moons):
     gated = _moons_mlp()
-    method = NPN(mode="expand", init_sizes=(7, 5), k_schedule="1:inf")
+    method = NPN(input_gates=True, mode="expand", init_sizes=(7, 5), k_schedule="1:inf")
     trainer = Trainer(gated, moons, method, _config(epochs=4))
     features, hidden = slice(0, 7), slice(0, 5)
     plain = nn.Sequential(nn.Linear(7, 5), nn.ReLU(), nn.Linear(5, 2))
@@ -177,7 +177,7 @@ def test_k_infinity_trains_exactly_like_the_plain_active_subnetwork(moons):
 
 def test_k_zero_leaves_phi_untouched_during_training(moons):
     model = _moons_mlp()
-    method = NPN(k_schedule="1:0", lambdas=(1e-3,))
+    method = NPN(input_gates=True, k_schedule="1:0", lambdas=(1e-3,))
     trainer = Trainer(model, moons, method, _config(epochs=2))
     before = model.out_gate.phi.detach().clone()
     assert torch.all(model.out_gate.probability(0.0) == 0.5)
@@ -189,7 +189,8 @@ def test_k_zero_leaves_phi_untouched_during_training(moons):
 # ----------------------------------------------------------------------------- prune and compact
 def test_prune_mode_on_moons_removes_units_and_compacts_identically(moons):
     model = _moons_mlp()
-    method = NPN(mode="prune", k=7.0, stages=(0.2, 0.8), lambdas=(2e-4, 2e-3), gate_lr=0.03)
+    method = NPN(input_gates=True, mode="prune", k=7.0, stages=(0.2, 0.8),
+                 lambdas=(2e-4, 2e-3), gate_lr=0.03)
     trainer = Trainer(model, moons, method, _config(epochs=25))
     history = trainer.fit()
     widths = history[-1]["widths"]
@@ -212,28 +213,31 @@ def test_prune_mode_on_moons_removes_units_and_compacts_identically(moons):
 
 def test_physical_prune_removes_dead_units_from_the_tensors(moons):
     model = _moons_mlp()
-    method = NPN(mode="prune", implementation="physical", k=7.0, stages=(0.2, 0.8),
-                 lambdas=(2e-4, 2e-3), gate_lr=0.03)
+    method = NPN(input_gates=True, mode="prune", implementation="physical", k=7.0,
+                 stages=(0.2, 0.8), lambdas=(2e-4, 2e-3), gate_lr=0.03)
     history = Trainer(model, moons, method, _config(epochs=25)).fit()
     assert model.fc1.weight.shape[0] == history[-1]["widths"]["out"] < 80
     assert model.out.weight.shape == (2, model.fc1.weight.shape[0])
     assert any("pruned fc1" in event for record in history for event in record["events"])
 
 
-def test_a_layer_pruned_to_nothing_is_reported_once(moons):
-    method = NPN(mode="prune", k=7.0, stages=(0.1, 0.8), lambdas=(5e-2, 1e-5), gate_lr=0.1)
-    history = Trainer(_moons_mlp(), moons, method, _config(epochs=12)).fit()
-    events = [event for record in history for event in record["events"]
-              if "no active" in event]
-    assert history[-1]["widths"]["fc1"] == 0
-    assert events == ["fc1 has no active input features left, so the network's output no longer "
-                      "depends on its input: lower this layer's lambda (--npn-lambdas)"]
-    assert history[-1]["val_accuracy"] < 0.7  # indeed: it no longer sees its input
+def test_a_layer_pruned_to_nothing_stops_the_run_with_the_fix(moons):
+    method = NPN(input_gates=True, mode="prune", k=7.0, stages=(0.1, 0.8),
+                 lambdas=(5e-2, 1e-5), gate_lr=0.1)
+    trainer = Trainer(_moons_mlp(), moons, method, _config(epochs=12))
+    history = trainer.fit()
+    # Independent check: the model itself has every input gate closed at test time.
+    assert not bool(trainer.model.fc1_gate.active().any())
+    assert len(history) < 12  # it stopped at the epoch that closed the last input
+    assert trainer.stopped_early.startswith("collapsed: after epoch ")
+    assert "fc1 has no input features left" in trainer.stopped_early
+    assert "--npn-lambdas" in trainer.stopped_early
 
 
 # ----------------------------------------------------------------------------- expansion
 def _expand(implementation, **options):
-    settings = dict(mode="expand", implementation=implementation, k=7.0, stages=(0.1, 0.8),
+    settings = dict(input_gates=True, mode="expand", implementation=implementation, k=7.0,
+                    stages=(0.1, 0.8),
                     lambdas=(1e-5, 1e-4), gate_lr=0.05, init_sizes=(3, 3), wake_logit=2.0,
                     prune_below=0.0)
     settings.update(options)
@@ -320,7 +324,7 @@ def test_lenet5_physical_expansion_grows_channels_with_their_feature_gates():
 def test_resnet_gates_keep_batchnorm_statistics_and_compact_identically():
     torch.manual_seed(0)
     model = build_model("resnet20", (3, 16, 16), 10)
-    method = NPN(k=7.0)
+    method = NPN(input_gates=True, k=7.0)
     method.prepare_model(model)
     method.set_k(7.0)
     with torch.no_grad():
@@ -348,8 +352,9 @@ def test_resnet_gates_keep_batchnorm_statistics_and_compact_identically():
 
 # ----------------------------------------------------------------------------- checkpoints
 def _run_config(out, gate_optimizer="shared"):
-    options = dict(mode="expand", implementation="physical", k=7.0, stages=(0.1, 0.8),
-                   lambdas=[1e-5, 1e-4], gate_lr=0.05, init_sizes=[3, 3], wake_logit=2.0,
+    options = dict(input_gates=True, mode="expand", implementation="physical", k=7.0,
+                   stages=(0.1, 0.8), lambdas=[1e-5, 1e-4], gate_lr=0.05, init_sizes=[3, 3],
+                   wake_logit=2.0,
                    prune_below=0.01, gate_optimizer=gate_optimizer)
     # A separate gate Adam goes with an SGD run optimizer, as in the reference's ResNet.
     optimizer, lr = ("sgd", 0.1) if gate_optimizer == "adam" else ("adam", 0.01)
@@ -389,7 +394,7 @@ def test_resume_of_an_npn_run_equals_an_uninterrupted_run(tmp_path, gate_optimiz
 def test_penalty_cross_entropy_path_matches_the_trainer_loss(moons):
     # The returned training loss is CE of the main pass + penalty, not the antithetic pass.
     model = _moons_mlp()
-    method = NPN(k_schedule="1:7", lambdas=(1e-4, 1e-3))
+    method = NPN(input_gates=True, k_schedule="1:7", lambdas=(1e-4, 1e-3))
     trainer = Trainer(model, moons, method, _config(epochs=1))
     method.on_train_begin(trainer)
     torch.manual_seed(3)
@@ -424,7 +429,7 @@ def test_the_l0_gradient_in_closed_form_equals_autograds():
 
     torch.manual_seed(0)
     model = build_model("mlp", (1, 8, 8), 10, widths=[12])
-    method = NPN(k_schedule="1:3", lambdas=(0.02, 0.05), l2=0.01)
+    method = NPN(input_gates=True, k_schedule="1:3", lambdas=(0.02, 0.05), l2=0.01)
     method.prepare_model(model)
     method.set_k(3.0)
     model.train()
@@ -450,3 +455,19 @@ def test_the_l0_gradient_in_closed_form_equals_autograds():
         other = model.get_parameter(name).grad
         assert torch.allclose(grad, other, rtol=1e-5, atol=1e-7), (name, (grad - other).abs().max())
     assert loss.item() == pytest.approx((data_loss + method.penalty()).item())
+
+
+def test_by_default_only_hidden_units_are_gated_and_inputs_are_an_option():
+    default = NPN()
+    model = default.prepare_model(_moons_mlp())
+    # Independent check on the model itself: one gate module, on the 80 hidden units that
+    # the output layer reads; the raw input features reach fc1 ungated.
+    gates = [module for module in model.modules() if isinstance(module, NPNGate)]
+    assert [gate.phi.shape for gate in gates] == [torch.Size([80])]
+    assert list(default.live_widths(model)) == ["out"]
+    x = torch.randn(5, 100)
+    model.eval()
+    assert torch.equal(model.fc1(x), _moons_mlp().fc1(x))  # same seed: the same first layer
+    with_inputs = NPN(input_gates=True)
+    model = with_inputs.prepare_model(_moons_mlp())
+    assert list(with_inputs.live_widths(model)) == ["fc1", "out"]

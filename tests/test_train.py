@@ -18,7 +18,9 @@ from neuroplast.train.run import RunConfig, resume_run, train_run
 
 
 def _config(out, epochs=4, **train):
-    options = dict(epochs=epochs, batch_size=32, seed=3, progress=False, threads=1)
+    # A checkpoint after every epoch, so each test knows which one a stop leaves behind.
+    options = dict(epochs=epochs, batch_size=32, seed=3, progress=False, threads=1,
+                   checkpoint_every=1)
     options.update(train)
     return RunConfig(method="fixed", model="mlp", dataset="digits", widths=[16],
                      out=str(out), train=TrainConfig(**options))
@@ -122,7 +124,7 @@ KILL_MID_EPOCH = textwrap.dedent(
 
     config = RunConfig(method="fixed", model="mlp", dataset="digits", widths=[16], out=sys.argv[1],
                        train=TrainConfig(epochs=4, batch_size=32, seed=3, progress=False,
-                                         threads=1))
+                                         threads=1, checkpoint_every=1))
     train_run(config, callbacks=[Kill()])
     """
 )

@@ -8,7 +8,7 @@ Loaders produce raw numpy arrays (uint8 pixels, or floats for tabular data) and 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -49,6 +49,25 @@ class DataSplits:
     # ``x = (raw - input_mean) / input_std`` per channel or feature; None when left raw.
     input_mean: list[float] | None = None
     input_std: list[float] | None = None
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the six split tensors."""
+        return sum(t.numel() * t.element_size() for t in self._tensors().values())
+
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        names = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
+        return {name: getattr(self, name) for name in names}
+
+    def to(self, device: str | torch.device) -> DataSplits:
+        """A copy whose six split tensors live on ``device`` (the rest is shared).
+
+        A :class:`~neuroplast.train.loop.Trainer` indexes its batches out of whatever device
+        the data is on: data moved to the training device once (when it fits there) spares
+        every batch its host-to-device copy.
+        """
+        moved = {name: t.to(device) for name, t in self._tensors().items()}
+        return replace(self, **moved)
 
     def __repr__(self) -> str:
         # The default dataclass repr would print every tensor; a summary is what one wants to see.

@@ -145,13 +145,23 @@ def _gate_anchor(entries, index: int) -> str:
     return entries[position][0]
 
 
-def _plan(model: nn.Module) -> list[tuple]:
+def _reads_raw_input(entries, index: int) -> bool:
+    """Whether ``entries[index]`` is the chain's first layer that mixes features (a Linear
+    with only reshapes or elementwise layers before it reads the network's input itself)."""
+    return not any(isinstance(module, (nn.Linear, nn.modules.conv._ConvNd))
+                   for _, module in entries[:index])
+
+
+def _plan(model: nn.Module, input_gates: bool = True) -> list[tuple]:
     """(anchor name, after?, gated module, width, positions) for every gate to insert."""
     chains = model_chains(model)
     plans = []
     if isinstance(model, nn.Sequential):
         entries = chains[0]
         for index, (name, module) in enumerate(entries):
+            if not input_gates and isinstance(module, nn.Linear) and _reads_raw_input(
+                    entries, index):
+                continue  # its gates would select the raw input features
             if _is_conv(module):
                 plans.append((_gate_anchor(entries, index), True, module, module.out_channels,
                               None))
@@ -183,7 +193,8 @@ def _plan(model: nn.Module) -> list[tuple]:
 
 
 def attach_npn_gates(
-    model: nn.Module, *, k: float = math.inf, gate_type: type[NPNGate] = NPNGate
+    model: nn.Module, *, k: float = math.inf, gate_type: type[NPNGate] = NPNGate,
+    input_gates: bool = True,
 ) -> list[GatedLayer]:
     """Insert NPN gates where the NPN reference puts them; return the gated layers in order.
 
@@ -195,6 +206,9 @@ def attach_npn_gates(
       an MLP's first layer selects raw input features); after a Flatten that follows a conv,
       one gate per (channel, position), placed before the Flatten.
 
+    ``input_gates=False`` leaves out the gates of a first Linear that reads the network's
+    input (an MLP's raw input features), so only hidden units are gated.
+
     ``gate_type`` puts another kind of gate on the same units (the ``l0hc`` baseline's
     :class:`~neuroplast.gates.hard_concrete.HardConcreteGate`), so methods compare like for like.
 
@@ -203,7 +217,7 @@ def attach_npn_gates(
         model = build_model("lenet5", (1, 28, 28), 10)
         [layer.name for layer in attach_npn_gates(model)]   # ['conv1', 'conv2', 'fc1', 'out']
     """
-    plans = _plan(model)
+    plans = _plan(model, input_gates)
     if not plans:
         raise ValueError(
             f"found no Linear or Conv layer to gate in {type(model).__name__}: NPN gates go on "

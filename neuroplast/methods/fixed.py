@@ -13,3 +13,4 @@ class FixedWidth(Method):
 
     name = "fixed"
     description = "plain training at fixed widths (the reference)"
+    resizes = False

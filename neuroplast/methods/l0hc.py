@@ -109,6 +109,10 @@ class L0HardConcrete(Method):
         """A gated conv counts its output channels, a gated Linear its input features."""
         return {layer.name: layer.counts for layer in self._layers}
 
+    def collapse_advice(self, layer: str) -> str:
+        """A lower price for the layer's units."""
+        return "lower this layer's lambda (--l0hc-lambdas, one value per gated layer)"
+
     def live_model(self, model: nn.Module, select_inputs: bool = True) -> nn.Module:
         """The plain compact network: dead units removed, gate scales folded."""
         return compact_npn(model, select_inputs=select_inputs)

@@ -92,6 +92,8 @@ class MetaNet(Method):
 
     name = "metanet"
     description = "MetaNet: neurons proliferate and are removed by autophagy in cycles"
+    # Enough cycles for the widths to settle on a small data set (the default job's schedule).
+    train_defaults = {"epochs": 30, "lr": 0.01, "scheduler": "cosine"}
 
     proliferation: str = option(
         "division", "how neurons are born: division (a copy of an expressed parent), random, "

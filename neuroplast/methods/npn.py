@@ -84,6 +84,9 @@ class NPN(Method):
 
     mode: str = field(default="prune", metadata={
         "help": "prune: all units start active; expand: a few start active, the rest hibernate"})
+    input_gates: bool = field(default=False, metadata={
+        "help": "also gate the raw input features of a first Linear (an MLP's inputs), "
+                "selecting inputs as the reference's MLPs do; off: hidden units only"})
     implementation: str = field(default="mask", metadata={
         "help": "mask: every unit allocated throughout (the reference); physical: units are "
                 "added when they wake and removed when they die"})
@@ -165,7 +168,6 @@ class NPN(Method):
         self._reserve: dict[str, torch.Tensor] = {}
         self._gate_optimizer: torch.optim.Adam | None = None
         self._gate_optimizer_state: dict[str, Any] | None = None
-        self._emptied: set[str] = set()  # layers already reported as having no live unit
 
     # ----------------------------------------------------------------- schedule
     def schedule(self, epochs: int) -> list[tuple[int, float]]:
@@ -197,7 +199,8 @@ class NPN(Method):
     # ----------------------------------------------------------------- model
     def prepare_model(self, model: nn.Module) -> nn.Module:
         """Attach the gates, initialize ``phi``; in physical expand mode drop hibernating units."""
-        self._layers = sorted(attach_npn_gates(model), key=_module_order(model))
+        self._layers = sorted(attach_npn_gates(model, input_gates=self.input_gates),
+                              key=_module_order(model))
         for layer in self._layers:
             layer.gate.per_example = self.per_example
         self._check_per_layer(self.lambdas, "lambdas")
@@ -369,17 +372,11 @@ class NPN(Method):
         if self.implementation == "physical":
             last = self._epochs is not None and epoch >= self._epochs
             self._remove_dead(trainer, self._k_now if last else self.k_at(epoch + 1))
-        self._report_empty_layers(trainer)
 
-    def _report_empty_layers(self, trainer: Trainer) -> None:
-        """Say so when a layer's gates are all off: the output then ignores the input."""
-        for layer in self._layers:
-            if layer.name in self._emptied or bool(layer.gate.active().any()):
-                continue
-            self._emptied.add(layer.name)
-            trainer.log_event(
-                f"{layer.name} has no active {layer.counts} left, so the network's output no "
-                f"longer depends on its input: lower this layer's lambda (--npn-lambdas)")
+    def collapse_advice(self, layer: str) -> str:
+        """NPN's fix for a layer whose gates all closed: a lower price for its units."""
+        return ("lower this layer's lambda (--npn-lambdas, one value per gated layer, input "
+                "to output)")
 
     # ----------------------------------------------------------------- expansion
     def _expand(self, trainer: Trainer) -> None:

@@ -3,7 +3,8 @@
 Runs (data + model + method + run directory) live in :mod:`neuroplast.train.run`.
 """
 
-from .callbacks import Callback, Method
+from .callbacks import Callback, CollapseGuard, Method, TrainingCollapsed
 from .loop import TrainConfig, Trainer, TrainingDiverged
 
-__all__ = ["Callback", "Method", "TrainConfig", "Trainer", "TrainingDiverged"]
+__all__ = ["Callback", "CollapseGuard", "Method", "TrainConfig", "Trainer", "TrainingCollapsed",
+           "TrainingDiverged"]

@@ -73,6 +73,11 @@ class Method(Callback):
 
     name: ClassVar[str] = "method"
     description: ClassVar[str] = ""
+    #: False for a method that never changes the architecture (``fixed``).
+    resizes: ClassVar[bool] = True
+    #: Training settings (TrainConfig fields) the method needs to finish its own schedule; the
+    #: command line uses them for a run without a recipe, under any option typed.
+    train_defaults: ClassVar[dict[str, Any]] = {}
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         """Adapt a freshly built model before the optimizer exists (e.g. attach gates).
@@ -133,8 +138,61 @@ class Method(Callback):
         """What each entry of :meth:`live_widths` counts, for summaries and reports."""
         return dict.fromkeys(self.live_widths(model), "units it outputs")
 
+    def collapse_advice(self, layer: str) -> str:
+        """How to keep ``layer`` from losing every unit (said when a run collapses)."""
+        return "start wider or use a smaller penalty"
+
     def options(self) -> dict[str, Any]:
         """The method's hyper-parameters as a JSON-able dict."""
         from dataclasses import asdict, is_dataclass
 
         return asdict(self) if is_dataclass(self) else {}
+
+
+class TrainingCollapsed(RuntimeError):
+    """A sizing decision left the network unable to use its input (see :class:`CollapseGuard`)."""
+
+
+class CollapseGuard(Callback):
+    """Stop a run whose sizing decisions collapsed the network, with the cause and the fix.
+
+    After every epoch: a layer with no live unit (for a gated Linear, every input feature
+    closed) means the output no longer depends on the input. After the last epoch: a method
+    that resizes and ends with validation accuracy at chance (the majority class's share, plus
+    two standard errors of that share on the validation set) has failed, whatever its widths.
+    The trainer turns the error into ``stopped_early`` and the command line into a non-zero exit.
+    """
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int) -> None:
+        method = trainer.method
+        widths = method.live_widths(trainer.model)
+        meanings = method.width_meanings(trainer.model)
+        for layer, width in widths.items():
+            if width == 0:
+                raise TrainingCollapsed(
+                    f"after epoch {epoch}, {layer} has no {_plural(meanings.get(layer))} left, "
+                    "so the network's output no longer depends on its input: "
+                    f"{method.collapse_advice(layer)}")
+
+    def on_train_end(self, trainer: Trainer) -> None:
+        targets = trainer.data.y_val
+        accuracy = trainer.last_metrics.get("val_accuracy")
+        if not trainer.method.resizes or accuracy is None or targets.dim() != 1 \
+                or targets.numel() == 0 or targets.is_floating_point():
+            return
+        chance = float(torch.bincount(targets).max()) / targets.numel()
+        margin = 2 * (chance * (1 - chance) / targets.numel()) ** 0.5
+        if accuracy <= chance + margin:
+            widths = "-".join(map(str, trainer.method.live_widths(trainer.model).values()))
+            raise TrainingCollapsed(
+                f"{trainer.method.name} ended at {accuracy:.1%} validation accuracy, chance "
+                f"level for this data ({chance:.1%} is the largest class), with widths {widths}: "
+                "the network did not learn; try a smaller penalty, a wider start or a lower "
+                "learning rate")
+
+
+def _plural(meaning: str | None) -> str:
+    """'units it outputs' -> 'units', 'input features' stays: what a zero width has none of."""
+    if not meaning:
+        return "units"
+    return "units" if meaning.startswith("units") else meaning

@@ -40,7 +40,7 @@ from ..core.resize import grow_units, prune_units, split_units
 from ..data import DataSplits
 from ..data.augment import augment_images, black_fill, check_augmentation
 from ..distributed import DistributedContext, DistributedError, RankFailed, identity_key
-from .callbacks import Callback, Method
+from .callbacks import Callback, CollapseGuard, Method, TrainingCollapsed
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("none", "cosine", "step")
@@ -79,6 +79,10 @@ class TrainConfig:
     device: str = "cpu"  # where the model trains: cpu, cuda, cuda:N
     augment: str = "none"  # training images: none, crop (random shifts) or crop-flip
     augment_padding: int = 4  # the largest shift, in pixels
+    # Write the checkpoint every N epochs; 0: whenever the training time since the last one is
+    # at least 19 times what writing it cost (checkpoints then take at most 5 % of the time).
+    # The last epoch and an interrupt are always saved; a resume is exact from any checkpoint.
+    checkpoint_every: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.lr_milestones, int) and not isinstance(self.lr_milestones, bool):
@@ -119,6 +123,10 @@ class TrainConfig:
             raise ValueError(f"learning rate must be a positive number, got {self.lr}")
         if self.weight_decay < 0 or not 0 <= self.momentum < 1:
             raise ValueError("weight decay must be >= 0 and momentum in [0, 1)")
+        if not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 0:
+            raise ValueError("checkpoint every must be an epoch count >= 1, or 0 for a "
+                             f"checkpoint whenever it costs under 5 % of the time, got "
+                             f"{self.checkpoint_every!r}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
         if self.optimizer not in OPTIMIZERS:
@@ -212,10 +220,12 @@ class Trainer:
         if distributed is not None and self.device.type != "cpu":
             raise ValueError("distributed training runs on the CPU for now (gloo); "
                              f"--device {self.config.device} with --distributed is not supported")
-        self.data = data  # stays on the CPU: each batch is moved to the device
+        # Batches are indexed out of the data where it lies: CPU data (the default) is copied to
+        # the device a batch at a time; data already there (``data.to(device)``) is not copied.
+        self.data = data
         check_augmentation(self.config.augment, self.config.augment_padding, data.input_shape)
         self.method = method
-        self.callbacks: list[Callback] = [method, *callbacks]
+        self.callbacks: list[Callback] = [method, CollapseGuard(), *callbacks]
         self.model = method.prepare_model(model).to(self.device)
         groups = method.param_groups(self.model, self.config.lr)
         self.optimizer = make_optimizer(self.config, groups or self.model.parameters())
@@ -233,6 +243,8 @@ class Trainer:
         self.stopped_early: str | None = None
         self._position: dict[str, Any] | None = None  # set when resuming mid-epoch
         self._saved: tuple[int, int | None] | None = None  # (epoch, batch) of the checkpoint
+        self._save_seconds: float | None = None  # what writing the last checkpoint cost
+        self._unsaved_seconds = 0.0  # training time since then
         self._stop_signal: int | None = None
         self._logger = None
         self._ddp: nn.Module | None = None  # the DDP wrapper, rebuilt after every resize
@@ -360,6 +372,7 @@ class Trainer:
     def _batches(self, epoch_rng: torch.Tensor):
         self.data_generator.set_state(epoch_rng)
         order = torch.randperm(len(self.data.y_train), generator=self.data_generator)
+        order = order.to(self.data.y_train.device)  # no per-batch index copy for device data
         return [order[i : i + self.config.batch_size]
                 for i in range(0, len(order), self.config.batch_size)]
 
@@ -561,11 +574,17 @@ class Trainer:
                 self._print_epoch(record)
                 if self._logger is not None:
                     self._logger.log(record)
-                self.save()
+                if self._checkpoint_due(seconds):
+                    self.save()
             for callback in self.callbacks:
                 callback.on_train_end(self)
             self._agree("when training ends", full=True)
             self.save()  # what on_train_end changed (a final compaction) is kept too
+        except TrainingCollapsed as error:
+            self.stopped_early = f"collapsed: {error}"
+            kept = ("" if self._saved is None or self.run_dir is None else
+                    f" The checkpoint of epoch {self._saved[0]} is kept.")
+            self._tell(f"training stopped: {error}.{kept}")
         except TrainingDiverged as error:
             self.stopped_early = f"diverged: {error}"
             kept = ("No epoch finished, so there is no checkpoint to resume."
@@ -620,12 +639,22 @@ class Trainer:
         events = f"  [{'; '.join(record['events'])}]" if record["events"] else ""
         self._say(
             f"epoch {record['epoch']}/{self.config.epochs}  loss {record['train_loss']:.4f}  "
+            # The test accuracy is logged but said once, at the end: an epoch is never
+            # chosen by it.
             f"acc {record['train_accuracy']:.2%}  val {record['val_accuracy']:.2%}  "
-            f"test {record['test_accuracy']:.2%}  widths {self._width_text()}  "
+            f"widths {self._width_text()}  "
             f"params {record['params']:,}  {record['seconds']:.1f}s{events}"
         )
 
     # ------------------------------------------------------------------ checkpoints
+    def _checkpoint_due(self, epoch_seconds: float) -> bool:
+        """Whether the epoch just finished is checkpointed (``TrainConfig.checkpoint_every``)."""
+        self._unsaved_seconds += epoch_seconds
+        every = self.config.checkpoint_every
+        if every:
+            return self.epoch % every == 0
+        return self._save_seconds is None or self._unsaved_seconds >= 19 * self._save_seconds
+
     @property
     def checkpoint_dir(self) -> Path | None:
         return None if self.run_dir is None else self.run_dir / "checkpoint"
@@ -642,6 +671,7 @@ class Trainer:
             "history": self.history,
             "position": self._position,
         }
+        started = time.perf_counter()
         path = save_checkpoint(
             target, self.model, self.optimizer, self.scheduler, epoch=self.epoch,
             step=self.step, method_state=self.method.state_dict(), extra=extra,
@@ -649,6 +679,8 @@ class Trainer:
         )
         if target == self.checkpoint_dir:
             self._saved = (self.epoch, (self._position or {}).get("batch"))
+            self._save_seconds = time.perf_counter() - started
+            self._unsaved_seconds = 0.0
         return path
 
     def restore(self, directory: str | os.PathLike) -> Checkpoint:

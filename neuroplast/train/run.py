@@ -24,7 +24,6 @@ from torch import nn
 from ..core.checkpoint import write_atomic
 from ..data import DataSplits, load_dataset
 from ..distributed import DistributedContext
-from ..export import export_onnx, export_torchscript
 from ..methods import build_method
 from ..models import ACTIVATION_MODELS, build_model
 from .callbacks import Callback
@@ -33,7 +32,8 @@ from .loop import TrainConfig, Trainer
 CONFIG_FILE = "config.json"
 SUMMARY_FILE = "summary.json"
 RUN_FILES = (CONFIG_FILE, SUMMARY_FILE, "metrics.jsonl", "report.md", "widths.png", "curves.png",
-             "params.png", "decision_boundary.png", "model.torchscript.pt", "model.onnx")
+             "params.png", "decision_boundary.png", "model.torchscript.pt", "model.onnx",
+             "model.pt2", "model.safetensors", "model.json")
 RUN_DIRS = ("checkpoint", "tensorboard")
 
 
@@ -336,22 +336,14 @@ def _plot_moons(trainer: Trainer, run_dir: Path) -> None:
 
 
 def export_run(
-    run_dir: str | Path, fmt: str, output: str | Path | None = None, standardise: bool = True
+    run_dir: str | Path, fmt: str = "pt2", output: str | Path | None = None,
+    standardise: bool = True,
 ) -> Path:
-    """Export a run's final model (compacted) to TorchScript or ONNX.
+    """Export a run's final model, compacted; the file written (see
+    :func:`neuroplast.export.export_run_model`, which also lists safetensors' JSON)."""
+    from ..export import export_run_model
 
-    With ``standardise`` (the default) the file starts with the run's input standardisation,
-    so it takes inputs as the data set holds them (images scaled to [0, 1]); without it, it
-    takes standardised inputs, as the network saw in training. No data set is needed.
-    """
-    if fmt not in ("torchscript", "onnx"):
-        raise ValueError(f"unknown export format '{fmt}'; choose torchscript or onnx")
-    live, input_shape = load_run_model(run_dir)
-    mean_std = run_standardisation(run_dir) if standardise else None
-    if fmt == "torchscript":
-        target = Path(output or Path(run_dir) / "model.torchscript.pt")
-        return export_torchscript(live, target, input_shape, mean_std)
-    return export_onnx(live, Path(output or Path(run_dir) / "model.onnx"), input_shape, mean_std)
+    return export_run_model(run_dir, fmt, output, standardise)[0]
 
 
 def run_standardisation(run_dir: str | Path) -> tuple[list[float], list[float]] | None:
