@@ -5,6 +5,8 @@
     python -m benchmarks full --only mnist-lenet300 --seeds 0
     python -m benchmarks full --methods fixed npn   # rerun rows after deleting their JSON
     python -m benchmarks quick --table      # rebuild the table and plots from the JSON files
+    python -m benchmarks panel --help       # the task panel: sufficient widths found from both
+                                            # sides (benchmarks/panel.py)
 
 Each run is a ``neuroplast train`` command (recorded with its numbers, so a row reproduces by
 pasting it) and leaves ``benchmarks/results/<suite>/<task>--<method>--s<seed>.json`` with the
@@ -83,7 +85,7 @@ def _tasks(suite: str) -> list[Task]:
         gate_lr = ["--npn-gate-lr", "1e-2"] if suite == "full" else []
         task.methods = {
             "fixed": ["--method", "fixed"],
-            "npn": ["--method", "npn", "--npn-lambdas", lam, "--npn-k", "7",
+            "npn": ["--method", "npn", "--npn-input-gates", "--npn-lambdas", lam, "--npn-k", "7",
                     "--npn-stages", "0.2,0.7", *gate_lr],
             "l0hc": ["--method", "l0hc", "--l0hc-lambdas", lam,
                      *(["--l0hc-gate-lr", "1e-2"] if suite == "full" else [])],
@@ -109,17 +111,28 @@ def _small_start(task: Task) -> list[str]:
     return base
 
 
+def train(arguments: list[str], threads: int, check: bool = True) -> tuple[int, str, float]:
+    """Run ``neuroplast train ARGUMENTS`` on ``threads`` CPU threads in a new process.
+
+    Returns the exit status, its error output and the wall seconds. ``check``: a failure
+    raises (its error output shown as it comes); otherwise the error output is captured and
+    returned, for the caller to record.
+    """
+    executable = str(Path(sys.executable).with_name("neuroplast"))
+    started = time.perf_counter()
+    process = subprocess.run([executable, "train", *arguments], check=check,
+                             stdout=subprocess.DEVNULL, stderr=None if check else subprocess.PIPE,
+                             text=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+    return process.returncode, process.stderr or "", time.perf_counter() - started
+
+
 def run_one(suite: str, task: Task, label: str, seed: int, threads: int) -> dict[str, Any]:
     """Train one (task, method, seed) with the neuroplast command; return its record."""
     out = RUNS / suite / f"{task.name}--{label}--s{seed}"
     base = _small_start(task) if label in ("metanet", "net2net") else task.base
     arguments = [*base, *task.methods[label], "--seed", str(seed), "--threads", str(threads),
                  "--out", str(out), "--overwrite", "--no-progress"]
-    executable = str(Path(sys.executable).with_name("neuroplast"))
-    started = time.perf_counter()
-    subprocess.run([executable, "train", *arguments], check=True, stdout=subprocess.DEVNULL,
-                   env={**os.environ, "OMP_NUM_THREADS": str(threads)})
-    wall = time.perf_counter() - started
+    _, _, wall = train(arguments, threads)
     summary = json.loads((out / "summary.json").read_text())
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     last = rows[-1]
@@ -270,6 +283,11 @@ def _draw_size(axis, methods: dict[str, list[dict]]) -> None:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["panel"]:  # the task panel has its own options (benchmarks/panel.py)
+        from .panel import main as panel
+
+        panel(sys.argv[2:])
+        return
     parser = argparse.ArgumentParser(prog="python -m benchmarks",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("suite", choices=("quick", "full"))

@@ -104,7 +104,7 @@ def assert_splits_sane(s: DataSplits) -> None:
 def test_public_api() -> None:
     assert sorted(data.__all__) == ["DATASETS", "DataError", "DataSplits", "load_dataset"]
     assert DATASETS == (
-        "moons", "digits", "mnist", "fashion-mnist", "cifar10", "npz", "csv", "folder",
+        "moons", "digits", "mnist", "fashion-mnist", "cifar10", "npz", "csv", "folder", "teacher",
     )  # fmt: skip
     assert issubclass(DataError, ValueError)
 

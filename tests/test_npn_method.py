@@ -237,7 +237,7 @@ def test_a_layer_pruned_to_nothing_stops_the_run_with_the_fix(moons):
 # ----------------------------------------------------------------------------- expansion
 def _expand(implementation, **options):
     settings = dict(input_gates=True, mode="expand", implementation=implementation, k=7.0,
-                    stages=(0.1, 0.8),
+                    stages=(0.1, 0.8), growth=0.0,
                     lambdas=(1e-5, 1e-4), gate_lr=0.05, init_sizes=(3, 3), wake_logit=2.0,
                     prune_below=0.0)
     settings.update(options)
@@ -353,8 +353,8 @@ def test_resnet_gates_keep_batchnorm_statistics_and_compact_identically():
 # ----------------------------------------------------------------------------- checkpoints
 def _run_config(out, gate_optimizer="shared"):
     options = dict(input_gates=True, mode="expand", implementation="physical", k=7.0,
-                   stages=(0.1, 0.8), lambdas=[1e-5, 1e-4], gate_lr=0.05, init_sizes=[3, 3],
-                   wake_logit=2.0,
+                   stages=(0.1, 0.8), growth=0.0, lambdas=[1e-5, 1e-4], gate_lr=0.05,
+                   init_sizes=[3, 3], wake_logit=2.0,
                    prune_below=0.01, gate_optimizer=gate_optimizer)
     # A separate gate Adam goes with an SGD run optimizer, as in the reference's ResNet.
     optimizer, lr = ("sgd", 0.1) if gate_optimizer == "adam" else ("adam", 0.01)
@@ -471,3 +471,22 @@ def test_by_default_only_hidden_units_are_gated_and_inputs_are_an_option():
     with_inputs = NPN(input_gates=True)
     model = with_inputs.prepare_model(_moons_mlp())
     assert list(with_inputs.live_widths(model)) == ["fc1", "out"]
+
+
+def test_expand_growth_wakes_a_fraction_of_the_allocated_units_at_least_one():
+    class Stub:
+        events: list = []
+
+        def log_event(self, text):
+            self.events.append(text)
+
+    for growth, after in ((0.5, [6, 9, 14]), (0.0, [5, 6, 7]), (0.01, [5, 6, 7])):
+        method = NPN(mode="expand", growth=growth, init_sizes=(4,), k=7.0)
+        model = method.prepare_model(_moons_mlp())
+        method.set_k(7.0)
+        counts = []
+        for _ in range(3):
+            method._expand(Stub())
+            # Independent count: units whose phi left the hibernating value (-40 / 7).
+            counts.append(int((model.out_gate.phi.detach() > -2).sum()))
+        assert counts == after, growth

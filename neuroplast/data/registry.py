@@ -13,6 +13,7 @@ from .idx import SOURCES, load_idx_dataset
 from .images import load_folder
 from .moons import load_moons
 from .tabular import load_csv, load_digits, load_npz
+from .teacher import load_teacher
 
 DATASETS: tuple[str, ...] = (
     "moons",
@@ -23,6 +24,7 @@ DATASETS: tuple[str, ...] = (
     "npz",
     "csv",
     "folder",
+    "teacher",
 )
 
 # Spellings people commonly use for the same data sets.
@@ -31,6 +33,7 @@ _ALIASES = {
     "fashionmnist": "fashion-mnist",
     "cifar-10": "cifar10",
     "two-moons": "moons",
+    "teacher-student": "teacher",
 }
 
 _NEEDS_PATH = {
@@ -63,10 +66,12 @@ def load_dataset(
 
     Args:
         name: one of :data:`DATASETS` (case and ``_``/``-`` do not matter).
-        data_dir: where the data is. Unused by ``moons`` and ``digits``; a folder for
-            ``mnist``/``fashion-mnist`` (default ``<cache>/datasets/<name>``, the cache being
-            ``$NEUROPLAST_CACHE`` or ``~/.cache/neuroplast``); a folder or archive for
-            ``cifar10`` and ``folder``; the file itself for ``npz`` and ``csv``.
+        data_dir: where the data is. Unused by ``moons`` and ``digits``; for ``teacher`` the
+            task's spec, e.g. ``"d=50,h=16,c=4,n=10000,noise=0.1,seed=3"`` (see
+            :mod:`neuroplast.data.teacher`; default ``d=20,h=8,c=3,n=5000,noise=0,seed=0``);
+            a folder for ``mnist``/``fashion-mnist`` (default ``<cache>/datasets/<name>``,
+            the cache being ``$NEUROPLAST_CACHE`` or ``~/.cache/neuroplast``); a folder or
+            archive for ``cifar10`` and ``folder``; the file itself for ``npz`` and ``csv``.
         seed: seeds the random validation split (and the moons points). Test splits cut from
             a single pool (digits, npz, csv, folder) use a fixed seed, so the test set is the
             same whatever ``seed`` is.
@@ -100,6 +105,8 @@ def load_dataset(
     split = {"seed": seed, "val_fraction": val_fraction, "standardise": standardise}
     if key == "digits":
         return load_digits(**split)
+    if key == "teacher":
+        return load_teacher(data_dir, **split)
     if key in SOURCES:
         return load_idx_dataset(key, path, download=download, **split)
     if path is None:

@@ -81,6 +81,8 @@ class NPN(Method):
 
     name = "npn"
     description = "Neural Plasticity Networks: L0 gates trained with ARM, pruning or expansion"
+    # Three stages need room: 12 epochs of plain training, 30 plastic, 18 of fine-tuning.
+    train_defaults = {"epochs": 60}
 
     mode: str = field(default="prune", metadata={
         "help": "prune: all units start active; expand: a few start active, the rest hibernate"})
@@ -103,6 +105,10 @@ class NPN(Method):
         "help": "coefficient of the gate-weighted L2 term sum pi_j ||w_j||^2 / 2"})
     init_sizes: tuple[float, ...] = field(default=(3,), metadata={
         "help": "expand mode: initially active units per gated layer (values < 1: fractions)"})
+    growth: float = field(default=0.25, metadata={
+        "help": "expand mode: after an epoch whose validation objective improved, a layer whose "
+                "allocated units are all active wakes this fraction of them more (at least one; "
+                "0: one unit, as the reference)"})
     wake_logit: float = field(default=0.1, metadata={
         "help": "expand mode: a woken unit gets k*phi = this (pi = sigmoid of it)"})
     init_logit: float = field(default=3.0, metadata={
@@ -113,8 +119,9 @@ class NPN(Method):
     phi_std: float = field(default=0.01, metadata={"help": "std of the initial and woken phi"})
     per_example: bool = field(default=False, metadata={
         "help": "draw gates per example instead of once per mini-batch"})
-    gate_lr: float | None = field(default=None, metadata={
-        "help": "learning rate of phi; unset: the run's --lr"})
+    gate_lr: float | None = field(default=0.05, metadata={
+        "help": "learning rate of phi (None: the run's --lr, as the reference); the gates need "
+                "to travel further per step than the weights"})
     gate_optimizer: str = field(default="shared", metadata={
         "help": "shared: phi is a param group of the run's optimizer; adam: phi has its own "
                 "Adam (the reference's ResNet: SGD for weights, Adam for phi)"})
@@ -156,6 +163,8 @@ class NPN(Method):
             raise ValueError(f"NPN gate_lr must be > 0, got {self.gate_lr}")
         if not 0 <= self.prune_below < 0.5:
             raise ValueError(f"NPN prune_below must be in [0, 0.5), got {self.prune_below}")
+        if not 0 <= self.growth <= 1 or math.isnan(self.growth):
+            raise ValueError(f"NPN growth must be a fraction in [0, 1], got {self.growth}")
         if self.phi_std < 0:
             raise ValueError(f"NPN phi_std must be >= 0, got {self.phi_std}")
         self._layers: list[GatedLayer] = []
@@ -380,17 +389,22 @@ class NPN(Method):
 
     # ----------------------------------------------------------------- expansion
     def _expand(self, trainer: Trainer) -> None:
-        """Each layer whose allocated units are all active wakes its next hibernating unit."""
+        """Each layer whose allocated units are all active wakes its next hibernating units:
+        ``growth`` times as many as it has allocated (at least one)."""
         for layer in self._layers:
             allocated = self._allocated[layer.name]
             if allocated >= self._nominal_size(layer):
                 continue
             if int(layer.gate.active().sum()) < allocated:
                 continue
+            count = max(1, math.ceil(self.growth * allocated))
             k = self._k_now if self._k_now > 0 else self.init_k
-            value = self.wake_logit / k + self.phi_std * float(torch.randn(()))
-            self._wake(trainer, layer, allocated, value)
-            self._allocated[layer.name] = allocated + 1
+            for index in range(allocated, min(allocated + count, self._nominal_size(layer))):
+                # Noise only above the wake value: a unit must be born on (at k = 7 a
+                # symmetric draw would close about one woken unit in twelve and stall growth).
+                value = self.wake_logit / k + self.phi_std * abs(float(torch.randn(())))
+                self._wake(trainer, layer, index, value)
+                self._allocated[layer.name] = index + 1
 
     def _nominal_size(self, layer: GatedLayer) -> int:
         return layer.gate.nominal_width * math.prod(layer.gate.phi.shape[1:])
