@@ -82,7 +82,9 @@ def _tasks(suite: str) -> list[Task]:
                    "cifar10-mlp": "1.6667e-6"}
     for task in tasks:
         lam = lambdas[task.name]
-        gate_lr = ["--npn-gate-lr", "1e-2"] if suite == "full" else []
+        # quick: phi at the task's own rate, as before NPN's default gate rate existed
+        run_lr = task.base[task.base.index("--lr") + 1] if "--lr" in task.base else "1e-3"
+        gate_lr = ["--npn-gate-lr", "1e-2" if suite == "full" else run_lr]
         task.methods = {
             "fixed": ["--method", "fixed"],
             "npn": ["--method", "npn", "--npn-input-gates", "--npn-lambdas", lam, "--npn-k", "7",

@@ -103,7 +103,8 @@ def _add_distributed_arguments(parser: argparse.ArgumentParser) -> None:
                             "(default 300)")
 
 
-def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_train_arguments(parser: argparse.ArgumentParser, shown_method: str | None = None
+                         ) -> None:
     # Defaults are SUPPRESSed so we can tell what was typed from what a --config file says.
     add = parser.add_argument
     s = argparse.SUPPRESS
@@ -162,11 +163,15 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add("--no-progress", dest="progress", action="store_false", default=s,
         help="no progress bar or per-epoch lines")
     for method in METHODS:
-        group = parser.add_argument_group(f"options of --method {method}")
+        # Every method's flags parse (a flag of another method gets a clear error later), but
+        # --help lists only the chosen method's: all of them would be hundreds of lines.
+        shown = method == shown_method
+        group = parser.add_argument_group(f"options of --method {method}") if shown else parser
         for option in method_fields(method):
             converter = _option_type(option.type)
             default = option.default if option.default is not MISSING else None
-            helptext = option.metadata.get("help", "") + _default_text(default)
+            helptext = (option.metadata.get("help", "") + _default_text(default) if shown
+                        else argparse.SUPPRESS)
             flag, dest = _method_flag(method, option.name), f"{method}.{option.name}"
             if converter is None:
                 group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction,
@@ -290,15 +295,30 @@ def _default_job_text() -> str:
             "them) replace the general defaults below; a recipe states its own.")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _chosen_method(argv: list[str]) -> str | None:
+    """The ``--method`` typed in ``argv`` (for --help to list that method's options)."""
+    for index, word in enumerate(argv):
+        if word == "--method" and index + 1 < len(argv):
+            return argv[index + 1]
+        if word.startswith("--method="):
+            return word.partition("=")[2]
+    return None
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The command line; ``argv`` only decides which method's options ``train --help`` lists."""
+    shown = _chosen_method(argv or [])
+    method_help = (f" The options of --method {shown} are listed last." if shown in METHODS else
+                   " A method's own options: neuroplast train --method M --help, M one of "
+                   f"{', '.join(METHODS)}.")
     parser = argparse.ArgumentParser(
         prog="neuroplast", description="Train neural networks that decide their own size.")
     parser.add_argument("--version", action="version", version=f"neuroplast {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser(
         "train", help="train a run (no options: the default job)",
-        description=_default_job_text())
-    _add_train_arguments(train)
+        description=_default_job_text() + method_help)
+    _add_train_arguments(train, shown)
     _add_distributed_arguments(train)
     resume = commands.add_parser("resume", help="continue an interrupted run")
     resume.add_argument("run_dir")
@@ -333,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``neuroplast`` command."""
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv).parse_args(argv)
     try:
         if args.command in ("train", "resume"):
             return _train_or_resume(args, argv)

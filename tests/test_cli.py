@@ -192,3 +192,25 @@ def test_the_csv_label_column_can_be_chosen(tmp_path, capsys):
     assert code == 0
     summary = json.loads((tmp_path / "b" / "summary.json").read_text())
     assert summary["initial_widths"] and summary["test_accuracy"] is not None
+
+
+def test_train_help_is_short_and_a_method_help_lists_that_method(capsys):
+    from neuroplast.methods import METHODS, method_fields
+
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    general = capsys.readouterr().out
+    assert "--epochs" in general and "--npn-k" not in general and "--metanet-" not in general
+    assert "neuroplast train --method M --help" in general
+    for method in ("npn", "metanet"):
+        with pytest.raises(SystemExit):
+            cli.main(["train", "--method", method, "--help"])
+        text = capsys.readouterr().out
+        flags = {f"--{method}-{f.name.replace('_', '-')}" for f in method_fields(method)}
+        assert all(flag in text for flag in flags), method  # every option of this method
+        others = [m for m in METHODS if m != method]
+        assert not any(f"--{other}-" in text for other in others)
+    assert len(general.splitlines()) < 150
+    # A flag of a method not chosen still parses, and is refused with the reason.
+    code, _, err = run(capsys, "train", "--npn-k", "3", "--dataset", "moons", "--epochs", "1")
+    assert code == 2 and "is an option of --method npn" in err

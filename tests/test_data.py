@@ -580,3 +580,27 @@ def test_a_file_given_as_the_mnist_folder_is_named_as_such(tmp_path: Path) -> No
     file.write_bytes(b"")
     with pytest.raises(DataError, match="is a file; mnist is read from the folder"):
         load_dataset("mnist", file, download=False)
+
+
+def test_a_split_too_small_to_measure_accuracy_is_said_at_the_start(tmp_path, capsys):
+    import numpy as np
+
+    from neuroplast import cli
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 4)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64)
+    np.savez(tmp_path / "tiny.npz", x=x[:40], y=y[:40], x_test=x[40:46], y_test=y[40:46])
+    code = cli.main(["train", "--dataset", "npz", "--data-dir", str(tmp_path / "tiny.npz"),
+                     "--model", "mlp", "--widths", "4", "--epochs", "1", "--no-progress",
+                     "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 0
+    assert "the test split holds only 6 examples" in err and "17 points" in err
+    assert "the validation split holds only" in err  # 40 rows leave a few for validation
+    np.savez(tmp_path / "big.npz", x=rng.normal(size=(1200, 4)).astype(np.float32),
+             y=rng.integers(0, 2, 1200))
+    cli.main(["train", "--dataset", "npz", "--data-dir", str(tmp_path / "big.npz"), "--model",
+              "mlp", "--widths", "4", "--epochs", "1", "--no-progress",
+              "--out", str(tmp_path / "run2")])
+    assert "holds only" not in capsys.readouterr().err

@@ -490,3 +490,20 @@ def test_expand_growth_wakes_a_fraction_of_the_allocated_units_at_least_one():
             # Independent count: units whose phi left the hibernating value (-40 / 7).
             counts.append(int((model.out_gate.phi.detach() > -2).sum()))
         assert counts == after, growth
+
+
+def test_every_gate_that_closes_or_opens_is_logged_as_an_event(moons):
+    method = NPN(input_gates=True, mode="prune", k=7.0, stages=(0.1, 0.8),
+                 lambdas=(2e-4, 2e-3), gate_lr=0.03)
+    model = _moons_mlp()
+    history = Trainer(model, moons, method, _config(epochs=12)).fit()
+    closed = {"fc1": 0, "out": 0}
+    for record in history:
+        for event in record["events"]:
+            name, _, text = event.partition(": ")
+            count = int(text.split()[0])
+            closed[name] += count if " closed " in text else -count
+    # Independent count from the gates themselves: units whose test-time gate is off.
+    assert closed["fc1"] == int((torch.sigmoid(7 * model.fc1_gate.phi.detach()) < 0.5).sum())
+    assert closed["out"] == int((torch.sigmoid(7 * model.out_gate.phi.detach()) < 0.5).sum())
+    assert closed["fc1"] > 0

@@ -348,3 +348,29 @@ def test_plot_decision_boundary_three_classes(tmp_path: Path) -> None:
     _assert_png_not_blank(
         plot_decision_boundary(predict_proba, points, labels, tmp_path / "db3.png")
     )
+
+
+def test_a_penalised_training_loss_is_labelled_as_such(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    from neuroplast.report.plots import plot_curves
+    from neuroplast.report.render import _epoch_section
+
+    labels = []
+    original = matplotlib.axes.Axes.plot
+
+    def spy(self, *args, **kwargs):
+        labels.append(kwargs.get("label"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", spy)
+    records = [{"epoch": e, "train_loss": 1.0 / e, "val_loss": 0.9 / e, "train_accuracy": 0.5,
+                "val_accuracy": 0.5, "method": {"penalty": 0.1}} for e in (1, 2)]
+    plot_curves(records, tmp_path / "curves.png")
+    assert "train (data + penalty)" in labels
+    assert "includes the method's penalty" in _epoch_section(records, [])
+    labels.clear()
+    plain = [{**record, "method": {}} for record in records]
+    plot_curves(plain, tmp_path / "plain.png")
+    assert "train" in labels and "train (data + penalty)" not in labels
+    assert "penalty" not in _epoch_section(plain, [])

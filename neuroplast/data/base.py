@@ -26,6 +26,10 @@ class DataError(ValueError):
     """Bad or missing data: the message names the problem and the fix."""
 
 
+# Below this many examples, a split's accuracy moves in steps of more than a point.
+MEASURABLE_SPLIT = 100
+
+
 @dataclass(repr=False)
 class DataSplits:
     """A data set cut into train / validation / test tensors, ready for training.
@@ -68,6 +72,21 @@ class DataSplits:
         """
         moved = {name: t.to(device) for name, t in self._tensors().items()}
         return replace(self, **moved)
+
+    def small_split_warnings(self, least: int = MEASURABLE_SPLIT) -> list[str]:
+        """Why an accuracy measured on the validation or test split would say little.
+
+        With ``n`` examples an accuracy moves in steps of ``100 / n`` points: under ``least``
+        examples a step is over a point, and "100 %" may be a handful of lucky guesses.
+        """
+        messages = []
+        for split, targets in (("validation", self.y_val), ("test", self.y_test)):
+            if 0 < len(targets) < least:
+                messages.append(
+                    f"the {split} split holds only {len(targets)} examples: an accuracy on it "
+                    f"moves in steps of {100 / len(targets):.2g} points; more data (or, for "
+                    "validation, a larger --val-fraction) makes it a measurement")
+        return messages
 
     def __repr__(self) -> str:
         # The default dataclass repr would print every tensor; a summary is what one wants to see.

@@ -172,6 +172,7 @@ class NPN(Method):
         self._epochs: int | None = None
         self._k_now = INF
         self._best: float | None = None
+        self._logged_widths: dict[str, int] = {}  # live widths when events were last logged
         self._allocated: dict[str, int] = {}
         self._owners: dict[str, str] = {}  # unit group -> gated layer whose gate decides it
         self._reserve: dict[str, torch.Tensor] = {}
@@ -348,6 +349,7 @@ class NPN(Method):
 
     # ----------------------------------------------------------------- callbacks
     def on_train_begin(self, trainer: Trainer) -> None:
+        self._logged_widths = self.live_widths(trainer.model)
         self._epochs = trainer.config.epochs
         self._schedule = self.schedule(self._epochs)
         if self.mode == "expand" and len(trainer.data.y_val) == 0:
@@ -381,6 +383,18 @@ class NPN(Method):
         if self.implementation == "physical":
             last = self._epochs is not None and epoch >= self._epochs
             self._remove_dead(trainer, self._k_now if last else self.k_at(epoch + 1))
+        self._log_width_changes(trainer)
+
+    def _log_width_changes(self, trainer: Trainer) -> None:
+        """Say which gated layers closed or opened units this epoch (a report's events)."""
+        widths = self.live_widths(trainer.model)
+        for layer in self._layers:
+            before, now = self._logged_widths.get(layer.name), widths[layer.name]
+            if before is not None and now != before:
+                change = "closed" if now < before else "opened"
+                trainer.log_event(f"{layer.name}: {abs(now - before)} {layer.counts} {change} "
+                                  f"({before} -> {now})")
+        self._logged_widths = widths
 
     def collapse_advice(self, layer: str) -> str:
         """NPN's fix for a layer whose gates all closed: a lower price for its units."""

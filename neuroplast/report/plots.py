@@ -175,12 +175,15 @@ def plot_curves(records: Sequence[dict], path: str | os.PathLike, title: str = "
     epochs = _epochs(records)
     marker = "o" if len(epochs) <= MARKER_MAX_EPOCHS else None
     losses = []
+    # A method's penalty (NPN's L0 term, say) is part of the training loss only: say so.
+    penalised = any((record.get("method") or {}).get("penalty") for record in records)
     for split, colour in (("train", "C0"), ("val", "C1"), ("test", "C2")):
         loss = _series(records, f"{split}_loss")
         accuracy = _series(records, f"{split}_accuracy")
         if _has_data(loss):
             losses.append(loss)
-            loss_axis.plot(epochs, loss, marker=marker, markersize=3, color=colour, label=split)
+            label = "train (data + penalty)" if split == "train" and penalised else split
+            loss_axis.plot(epochs, loss, marker=marker, markersize=3, color=colour, label=label)
         if _has_data(accuracy):
             accuracy_axis.plot(
                 epochs, 100.0 * accuracy, marker=marker, markersize=3, color=colour, label=split

@@ -283,6 +283,9 @@ def _epoch_section(records: Sequence[dict], layers: Sequence[str]) -> str:
         "| Epoch | Train loss | Val loss | Test loss | Train acc % | Val acc % | Test acc % "
         "| Widths | Params | Time |"
     )
+    if any((record.get("method") or {}).get("penalty") for record in records):
+        lines += ["The training loss includes the method's penalty (the logged `penalty`); the "
+                  "validation and test losses are the data loss alone.", ""]
     lines += [header, "|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
     shown: list[dict | None] = list(records)
     if len(records) > MAX_EPOCH_ROWS:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -177,6 +178,8 @@ def train_run(
         # Data and model first: a wrong --data-dir must not cost an --overwrite'd old run.
         data, trainer = _build(config, callbacks, distributed)
         if is_main:
+            for message in data.small_split_warnings():
+                print(f"neuroplast: warning: {message}", file=sys.stderr)
             _clear_run_dir(run_dir)
             cleared = True
             record = json.dumps(_config_record(config, data), indent=1).encode()
