@@ -95,7 +95,9 @@ def _tasks(suite: str) -> list[Task]:
             "apoz": ["--method", "apoz", "--apoz-keep", "0.3"],
         }
         if task.name != "mnist-lenet5":  # MetaNet and net2net grow MLPs' hidden layers
-            task.methods["metanet"] = ["--method", "metanet", "--metanet-layers", "all"]
+            # the scheduler every other method of the suite trains with, not MetaNet's own
+            task.methods["metanet"] = ["--method", "metanet", "--metanet-layers", "all",
+                                       "--scheduler", "none"]
             task.methods["net2net"] = ["--method", "net2net", "--net2net-factor", "2",
                                        "--net2net-events", "2"]
     return tasks
@@ -128,20 +130,31 @@ def train(arguments: list[str], threads: int, check: bool = True) -> tuple[int, 
     return process.returncode, process.stderr or "", time.perf_counter() - started
 
 
+def _collapsed(out: Path) -> bool:
+    """Whether the run in ``out`` was stopped by neuroplast's collapse guard."""
+    try:
+        summary = json.loads((out / "summary.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return (summary.get("stopped_early") or "").startswith("collapsed")
+
+
 def run_one(suite: str, task: Task, label: str, seed: int, threads: int) -> dict[str, Any]:
     """Train one (task, method, seed) with the neuroplast command; return its record."""
     out = RUNS / suite / f"{task.name}--{label}--s{seed}"
     base = _small_start(task) if label in ("metanet", "net2net") else task.base
     arguments = [*base, *task.methods[label], "--seed", str(seed), "--threads", str(threads),
                  "--out", str(out), "--overwrite", "--no-progress"]
-    _, _, wall = train(arguments, threads)
+    status, error, wall = train(arguments, threads, check=False)
+    if status != 0 and not _collapsed(out):  # a collapse is a result; anything else is not
+        raise RuntimeError(f"neuroplast train {shlex.join(arguments)} failed:\n{error[-2000:]}")
     summary = json.loads((out / "summary.json").read_text())
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     last = rows[-1]
     return {
         "suite": suite, "task": task.name, "method": label, "seed": seed,
         "command": "neuroplast train " + shlex.join(arguments),
-        "epochs": summary["epochs"],
+        "epochs": summary["epochs"], "stopped_early": summary["stopped_early"],
         "test_accuracy": last["test_accuracy"],
         "test_error_percent": 100 * (1 - last["test_accuracy"]),
         "initial_widths": dict(zip(summary["layer_names"], summary["initial_widths"],

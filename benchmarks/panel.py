@@ -288,6 +288,8 @@ def run_job(job: Job, runs: Path, threads: int, runner: Runner = train_process) 
     if (summary["stopped_early"] or "").startswith("interrupted"):
         raise KeyboardInterrupt(f"{out} was interrupted; rerun the panel to redo it")
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    if not rows:  # stopped (a collapse, say) before its first epoch was logged
+        return {**record, "failed": True, "error": summary["stopped_early"] or error[-2000:]}
     chosen = select_epoch(rows)
     return {
         **record, "failed": False, "epochs": summary["epochs"],

@@ -136,8 +136,8 @@ def _add_train_arguments(parser: argparse.ArgumentParser, shown_method: str | No
     add("--epochs", type=int, default=s, help="training epochs (default 10)")
     add("--checkpoint-every", type=int, default=s, metavar="N",
         help="write the checkpoint every N epochs (default 0: whenever that costs under 5 %% "
-             "of the training time; the last epoch and an interrupt are always saved, and a "
-             "resume is exact from any checkpoint)")
+             "of the training time); the last epoch and an interrupt between batches are "
+             "always saved, and a resume is exact from any checkpoint")
     add("--batch-size", type=int, default=s, help="mini-batch size (default 64)")
     add("--optimizer", choices=OPTIMIZERS, default=s, help="optimizer (default adam)")
     add("--lr", type=float, default=s, help="learning rate (default 0.001)")
@@ -220,11 +220,11 @@ def config_from_options(options: dict[str, Any], command: str | None = None) -> 
     if "config" in options and "recipe" in options:
         raise ValueError("give either --recipe NAME (an installed recipe) or --config FILE, "
                          "not both")
+    recipe = "recipe" in options or "config" in options  # even an empty one: it is chosen
     if "recipe" in options:
         merged.update(read_recipe(recipe_path(options.pop("recipe"))))
     if "config" in options:
         merged.update(read_recipe(options.pop("config")))
-    recipe = bool(merged)
     if not recipe and not set(options) & JOB_OPTIONS:
         merged.update(DEFAULT_JOB)
     merged.update(options)

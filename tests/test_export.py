@@ -398,7 +398,7 @@ def test_load_run_model_gives_the_compact_model_the_run_evaluated(tmp_path):
     summary = train_run(config)
     model, shape = load_run_model(tmp_path / "run")
     assert npl.export._is_plain(model) and shape == (1, 8, 8)
-    assert list(npl.layer_widths(model).values()) == summary["final_widths"][1:]  # hidden
+    assert list(npl.layer_widths(model).values()) == summary["final_widths"][-1:]  # hidden
     # the test accuracy the run logged for its gated model, recomputed from the compact one
     data = load_dataset("digits", seed=1)
     with torch.no_grad():

@@ -177,7 +177,8 @@ def test_a_checkpoint_resumes_on_another_device_and_back(tmp_path, devices):
     first, second, third = devices
     config = RunConfig(method="npn", model="mlp", dataset="digits", widths=[24],
                        out=str(tmp_path / "run"),
-                       method_options={"k_schedule": "1:7", "lambdas": [1e-3]},
+                       method_options={"k_schedule": "1:7", "lambdas": [1e-3], "gate_lr": 1e-3,
+                                       "adaptive": False},
                        train=TrainConfig(epochs=3, batch_size=64, device=first, progress=False))
     one = _PauseAndCompare(epoch=1, batch=6)
     assert train_run(config, callbacks=[one])["epochs"] == 0

@@ -481,9 +481,9 @@ def test_expand_growth_wakes_a_fraction_of_the_allocated_units_at_least_one():
             self.events.append(text)
 
     for growth, after in ((0.5, [6, 9, 14]), (0.0, [5, 6, 7]), (0.01, [5, 6, 7])):
-        method = NPN(mode="expand", growth=growth, init_sizes=(4,), k=7.0)
+        method = NPN(mode="expand", growth=growth, init_sizes=(4,), k=1.0)
         model = method.prepare_model(_moons_mlp())
-        method.set_k(7.0)
+        method.set_k(1.0)  # the reference's expand k: a woken unit starts at pi = 0.52
         counts = []
         for _ in range(3):
             method._expand(Stub())
@@ -507,3 +507,46 @@ def test_every_gate_that_closes_or_opens_is_logged_as_an_event(moons):
     assert closed["fc1"] == int((torch.sigmoid(7 * model.fc1_gate.phi.detach()) < 0.5).sum())
     assert closed["out"] == int((torch.sigmoid(7 * model.out_gate.phi.detach()) < 0.5).sum())
     assert closed["fc1"] > 0
+
+
+class _ValidationStub:
+    """What NPN's price rule reads of a trainer: the last validation accuracy and its size."""
+
+    def __init__(self, examples):
+        self.data = type("Data", (), {"y_val": torch.zeros(examples)})()
+        self.last_metrics = {}
+
+    def log_event(self, text):
+        pass
+
+
+def test_the_adaptive_price_rises_while_validation_holds_and_halves_when_it_falls():
+    method = NPN()  # prune mode, adaptive by default
+    method.prepare_model(_moons_mlp())
+    trainer = _ValidationStub(examples=400)  # one standard error at 90 %: 1.5 points
+    # (accuracy, plastic?) -> expected scale, computed by hand: up x1.5 within 1.5 points of
+    # the best, hold between 1.5 and 3 points below it, x0.5 further below.
+    steps = [(0.90, False, 1.0), (0.91, True, 1.5), (0.90, True, 2.25), (0.89, True, 2.25),
+             (0.87, True, 1.125), (0.93, True, 1.6875), (0.93, False, 1.6875)]
+    for accuracy, plastic, expected in steps:
+        trainer.last_metrics = {"val_accuracy": accuracy}
+        method._adapt_price(trainer, plastic)
+        assert method._price_scale == pytest.approx(expected), (accuracy, expected)
+    # The penalty really is the given lambdas times that scale (checked on the formula).
+    layer = method._layers[0]
+    expected_penalty = 1e-4 * 1.6875 * layer.weights_per_gate * float(
+        layer.gate.probability().sum())
+    assert float(method.penalty()) == pytest.approx(expected_penalty, rel=1e-6)
+
+
+def test_without_adaptive_the_lambdas_are_as_given_and_phi_is_not_capped(moons):
+    for adaptive in (True, False):
+        method = NPN(adaptive=adaptive, k=7.0, stages=(0.0, 1.0), lambdas=(1e-5,), gate_lr=0.05)
+        model = _moons_mlp()
+        Trainer(model, moons, method, _config(epochs=3)).fit()
+        top = float(model.out_gate.phi.detach().max())
+        assert method._price_scale == (1.0 if not adaptive else method._price_scale)
+        if adaptive:  # k * phi never above init_logit: no gate stuck in the sigmoid's flat top
+            assert top <= 3.0 / 7.0 + 1e-7
+        else:
+            assert top > 3.0 / 7.0 + 1e-3  # useful units climb past it without the cap

@@ -113,3 +113,31 @@ def test_load_checkpoint_of_a_gated_run_points_to_load_run_model(tmp_path):
     train_run(_config(data_path, tmp_path / "run", epochs=1, method="npn", stages=[0.0, 1.0]))
     with pytest.raises(npl.CheckpointError, match="load_run_model"):
         npl.load_checkpoint(tmp_path / "run" / "checkpoint")
+
+
+def test_config_json_holds_every_method_option_and_old_runs_keep_their_defaults(tmp_path):
+    import json
+
+    from neuroplast.methods.npn import NPN
+    from neuroplast.train.loop import TrainConfig
+    from neuroplast.train.run import RunConfig, load_run_model, train_run
+
+    def run(out, options):
+        config = RunConfig(method="npn", model="mlp", dataset="digits", widths=[12],
+                           out=str(out), method_options=options,
+                           train=TrainConfig(epochs=2, batch_size=64, progress=False))
+        train_run(config)
+        return json.loads((out / "config.json").read_text())
+
+    record = run(tmp_path / "new", {"lambdas": [1e-4]})
+    assert set(record["method_options"]) == set(NPN().options())  # typed or not
+    assert record["method_options"]["input_gates"] is False
+    # A run made before config.json recorded every option, with the defaults of its time
+    # (input gates on): its config.json held only what was typed.
+    legacy = NPN.legacy_defaults
+    record = run(tmp_path / "old", dict(legacy))
+    record["method_options"] = {}
+    del record["method_options_complete"]
+    (tmp_path / "old" / "config.json").write_text(json.dumps(record))
+    model, shape = load_run_model(tmp_path / "old")  # fails if today's defaults rebuild it
+    assert model(torch.zeros(2, *shape)).shape == (2, 10)

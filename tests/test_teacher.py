@@ -111,3 +111,14 @@ def test_the_spec_reads_from_the_last_path_component_and_defaults():
 def test_bad_specs_say_what_is_wrong(spec, message):
     with pytest.raises(DataError, match=message):
         load_dataset("teacher", spec)
+
+
+def test_a_spec_string_round_trips_every_digit_and_a_negative_seed_is_named():
+    from neuroplast.data import DataError
+    from neuroplast.data.teacher import TeacherSpec, parse_spec
+
+    spec = TeacherSpec(d=13, h=7, c=4, n=1234567, noise=0.123456789, seed=2345678)
+    assert parse_spec(spec.text()) == spec
+    assert TeacherSpec().text() == "d=20,h=8,c=3,n=5000,noise=0,seed=0"
+    with pytest.raises(DataError, match="seed must be 0 or more"):
+        parse_spec("seed=-1")

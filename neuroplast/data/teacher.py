@@ -70,6 +70,8 @@ class TeacherSpec:
             problems.append("c (classes) must be at least 2")
         if self.n < 50:
             problems.append("n (examples) must be at least 50")
+        if self.seed < 0:
+            problems.append("seed must be 0 or more")
         if not 0.0 <= self.noise < 1.0:
             problems.append("noise must be a fraction in [0, 1)")
         if problems:
@@ -77,7 +79,14 @@ class TeacherSpec:
 
     def text(self) -> str:
         """The canonical spec string, e.g. ``d=20,h=8,c=3,n=5000,noise=0,seed=0``."""
-        return ",".join(f"{f.name}={getattr(self, f.name):g}" for f in fields(self))
+        # repr keeps every digit of a float (0.1 stays 0.1), str every digit of an int.
+        return ",".join(f"{f.name}={_number_text(getattr(self, f.name))}" for f in fields(self))
+
+
+def _number_text(value: float) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return repr(value) if isinstance(value, float) else str(value)
 
 
 def parse_spec(text: str | os.PathLike | None) -> TeacherSpec:

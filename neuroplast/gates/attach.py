@@ -219,9 +219,11 @@ def attach_npn_gates(
     """
     plans = _plan(model, input_gates)
     if not plans:
+        hint = "" if input_gates else (
+            " (a single Linear has only input features to gate: --npn-input-gates)")
         raise ValueError(
             f"found no Linear or Conv layer to gate in {type(model).__name__}: NPN gates go on "
-            "the layers of an nn.Sequential (or the resizable convs of registered blocks)"
+            f"the layers of an nn.Sequential (or the resizable convs of registered blocks){hint}"
         )
     inserted: list[tuple[nn.Module, NPNGate, int]] = []
     for anchor, after, gated, width, positions in plans:

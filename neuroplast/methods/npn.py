@@ -36,6 +36,9 @@ if TYPE_CHECKING:
     from ..train.loop import Trainer
 
 MODES = ("prune", "expand")
+# The adaptive price's steps: up by half while validation holds, halved when it falls (the
+# gates lag the price by an epoch or two, so the way down is steeper than the way up).
+PRICE_UP, PRICE_DOWN = 1.5, 0.5
 IMPLEMENTATIONS = ("mask", "physical")
 GATE_OPTIMIZERS = ("shared", "adam")
 
@@ -83,6 +86,7 @@ class NPN(Method):
     description = "Neural Plasticity Networks: L0 gates trained with ARM, pruning or expansion"
     # Three stages need room: 12 epochs of plain training, 30 plastic, 18 of fine-tuning.
     train_defaults = {"epochs": 60}
+    legacy_defaults = {"input_gates": True, "gate_lr": None, "growth": 0.0, "adaptive": False}
 
     mode: str = field(default="prune", metadata={
         "help": "prune: all units start active; expand: a few start active, the rest hibernate"})
@@ -101,6 +105,11 @@ class NPN(Method):
                 "stages; epochs before the first entry use k=inf)"})
     lambdas: tuple[float, ...] = field(default=(1e-4,), metadata={
         "help": "L0 penalty per expected active weight, one per gated layer or one for all"})
+    adaptive: bool = field(default=True, metadata={
+        "help": "prune mode: find the price on validation data (the lambdas scaled up after "
+                "every plastic epoch whose validation accuracy stays within noise of the best "
+                "seen, halved after one well below it); both modes: k*phi capped at init_logit "
+                "so no gate saturates open. Off: the lambdas as given, as the reference"})
     l2: float = field(default=0.0, metadata={
         "help": "coefficient of the gate-weighted L2 term sum pi_j ||w_j||^2 / 2"})
     init_sizes: tuple[float, ...] = field(default=(3,), metadata={
@@ -172,6 +181,8 @@ class NPN(Method):
         self._epochs: int | None = None
         self._k_now = INF
         self._best: float | None = None
+        self._price_scale = 1.0  # adaptive: the factor on every lambda
+        self._best_accuracy: float | None = None  # adaptive: the best validation accuracy seen
         self._logged_widths: dict[str, int] = {}  # live widths when events were last logged
         self._allocated: dict[str, int] = {}
         self._owners: dict[str, str] = {}  # unit group -> gated layer whose gate decides it
@@ -241,9 +252,13 @@ class NPN(Method):
     def _check_per_layer(self, values: tuple, what: str) -> None:
         if len(values) not in (1, len(self._layers)):
             names = ", ".join(layer.name for layer in self._layers)
+            hint = "" if self.input_gates else (
+                "; an MLP's raw input features are gated only with --npn-input-gates "
+                "(npn_input_gates = true)")
             raise ValueError(
                 f"NPN {what} has {len(values)} values for {len(self._layers)} gated layers "
-                f"({names}): give one per layer, input to output, or a single value for all")
+                f"({names}): give one per layer, input to output, or a single value for all"
+                f"{hint}")
 
     def _per_layer(self, values: tuple) -> list:
         return list(values) * len(self._layers) if len(values) == 1 else list(values)
@@ -291,10 +306,14 @@ class NPN(Method):
         return model.get_submodule(layer.gate_name)
 
     # ----------------------------------------------------------------- loss
+    def _prices(self) -> list[float]:
+        """Each gated layer's lambda now: the given ones times the adaptive scale."""
+        return [lam * self._price_scale for lam in self._per_layer(self.lambdas)]
+
     def penalty(self, trainer: Trainer | None = None) -> torch.Tensor:
         """``sum_l lambda_l * expected_l0_l + l2 * gated_l2_l`` at the current k."""
         total = self._layers[0].gate.phi.new_zeros(())
-        for layer, lam in zip(self._layers, self._per_layer(self.lambdas), strict=True):
+        for layer, lam in zip(self._layers, self._prices(), strict=True):
             if lam:
                 total = total + lam * layer.expected_l0()
             if self.l2:
@@ -327,7 +346,7 @@ class NPN(Method):
         """
         total = self._layers[0].gate.phi.new_zeros(())
         l0 = self._layers[0].gate.phi.new_zeros(())  # a value only: its gradient is written
-        for layer, lam in zip(self._layers, self._per_layer(self.lambdas), strict=True):
+        for layer, lam in zip(self._layers, self._prices(), strict=True):
             gate = layer.gate
             if lam:
                 with torch.no_grad():
@@ -372,6 +391,16 @@ class NPN(Method):
         if self._gate_optimizer is not None:
             self._gate_optimizer.step()
 
+    def on_batch_end(self, trainer: Trainer, loss: torch.Tensor) -> None:
+        if not self.adaptive or math.isinf(self._k_now) or self._k_now == 0:
+            return
+        # Keep k * phi at most init_logit: a gate that ARM's noise pushed into the sigmoid's
+        # flat top would get no L0 gradient (pi (1 - pi) ~ 0) and stay open at any price.
+        ceiling = self.init_logit / self._k_now
+        with torch.no_grad():
+            for layer in self._layers:
+                layer.gate.phi.clamp_(max=ceiling)
+
     def on_epoch_end(self, trainer: Trainer, epoch: int) -> None:
         plastic = not math.isinf(self._k_now)
         if self.mode == "expand" and plastic:
@@ -380,10 +409,33 @@ class NPN(Method):
             if self._best is None or objective < self._best:
                 self._best = objective
                 self._expand(trainer)
+        if self.adaptive and self.mode == "prune":
+            self._adapt_price(trainer, plastic)
         if self.implementation == "physical":
             last = self._epochs is not None and epoch >= self._epochs
             self._remove_dead(trainer, self._k_now if last else self.k_at(epoch + 1))
         self._log_width_changes(trainer)
+
+    def _adapt_price(self, trainer: Trainer, plastic: bool) -> None:
+        """Raise the price while the network keeps the best validation accuracy, halve it when
+        it loses it: the gates head for the smallest network within noise of the best.
+
+        Noise is one standard error of the best accuracy on this validation set, and never
+        less than half a point (the tolerance of the task panel's sufficient width).
+        """
+        accuracy = trainer.last_metrics.get("val_accuracy")
+        examples = len(trainer.data.y_val)
+        if accuracy is None or not examples:
+            return
+        best = accuracy if self._best_accuracy is None else max(self._best_accuracy, accuracy)
+        self._best_accuracy = best
+        if not plastic:
+            return
+        tolerance = max(0.005, math.sqrt(best * (1 - best) / examples))
+        if accuracy >= best - tolerance:
+            self._price_scale *= PRICE_UP
+        elif accuracy < best - 2 * tolerance:  # between the two: hold the price
+            self._price_scale *= PRICE_DOWN
 
     def _log_width_changes(self, trainer: Trainer) -> None:
         """Say which gated layers closed or opened units this epoch (a report's events)."""
@@ -403,20 +455,27 @@ class NPN(Method):
 
     # ----------------------------------------------------------------- expansion
     def _expand(self, trainer: Trainer) -> None:
-        """Each layer whose allocated units are all active wakes its next hibernating units:
-        ``growth`` times as many as it has allocated (at least one)."""
+        """Wake hibernating units after an improving epoch.
+
+        ``growth = 0`` is the reference's rule: a layer wakes one unit, and only while every
+        unit it has allocated is active. Otherwise a layer wakes ``growth`` times its active
+        units (at least one), whatever the penalty closed meanwhile: the price decides which
+        units stay, the validation objective whether to add more.
+        """
         for layer in self._layers:
             allocated = self._allocated[layer.name]
             if allocated >= self._nominal_size(layer):
                 continue
-            if int(layer.gate.active().sum()) < allocated:
+            active = int(layer.gate.active().sum())
+            if self.growth == 0 and active < allocated:
                 continue
-            count = max(1, math.ceil(self.growth * allocated))
+            count = max(1, math.ceil(self.growth * active))
             k = self._k_now if self._k_now > 0 else self.init_k
             for index in range(allocated, min(allocated + count, self._nominal_size(layer))):
-                # Noise only above the wake value: a unit must be born on (at k = 7 a
-                # symmetric draw would close about one woken unit in twelve and stall growth).
-                value = self.wake_logit / k + self.phi_std * abs(float(torch.randn(())))
+                noise = self.phi_std * float(torch.randn(()))
+                # Growing by a fraction, a unit must be born on (at k = 7 a symmetric draw
+                # would close about one woken unit in twelve).
+                value = self.wake_logit / k + (abs(noise) if self.growth else noise)
                 self._wake(trainer, layer, index, value)
                 self._allocated[layer.name] = index + 1
 
@@ -531,19 +590,23 @@ class NPN(Method):
         with torch.no_grad():
             expected = sum(float(layer.expected_l0()) for layer in self._layers)
             penalty = float(self.penalty(trainer))
-        return {"k": self._k_now, "expected_active_weights": expected, "penalty": penalty,
+        return {"k": self._k_now, "price_scale": self._price_scale,
+                "expected_active_weights": expected, "penalty": penalty,
                 "nonzero_weights": nonzero}
 
     # ----------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
         state = {"best": self._best, "allocated": dict(self._allocated),
-                 "reserve": dict(self._reserve)}
+                 "reserve": dict(self._reserve), "price_scale": self._price_scale,
+                 "best_accuracy": self._best_accuracy}
         if self._gate_optimizer is not None:
             state["gate_optimizer"] = self._gate_optimizer.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._best = state.get("best")
+        self._price_scale = float(state.get("price_scale", 1.0))
+        self._best_accuracy = state.get("best_accuracy")
         self._allocated = {str(k): int(v) for k, v in state.get("allocated", {}).items()}
         self._reserve = {str(k): v.clone() for k, v in state.get("reserve", {}).items()}
         # Loaded into the gate optimizer when training (re)starts, over the loaded phi.

@@ -78,6 +78,9 @@ class Method(Callback):
     #: Training settings (TrainConfig fields) the method needs to finish its own schedule; the
     #: command line uses them for a run without a recipe, under any option typed.
     train_defaults: ClassVar[dict[str, Any]] = {}
+    #: Options whose default has changed, with the value they had for runs whose config.json
+    #: predates neuroplast recording every option (so an old run still rebuilds its model).
+    legacy_defaults: ClassVar[dict[str, Any]] = {}
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         """Adapt a freshly built model before the optimizer exists (e.g. attach gates).
@@ -157,9 +160,10 @@ class CollapseGuard(Callback):
     """Stop a run whose sizing decisions collapsed the network, with the cause and the fix.
 
     After every epoch: a layer with no live unit (for a gated Linear, every input feature
-    closed) means the output no longer depends on the input. After the last epoch: a method
-    that resizes and ends with validation accuracy at chance (the majority class's share, plus
-    two standard errors of that share on the validation set) has failed, whatever its widths.
+    closed) whose network gives every validation input the same output. After the last epoch:
+    a method that resizes and ends with validation accuracy at chance (the majority class's
+    share, plus two standard errors of that share on the validation set) and a validation
+    loss no lower than predicting the class shares would score has failed, whatever its widths.
     The trainer turns the error into ``stopped_early`` and the command line into a non-zero exit.
     """
 
@@ -168,7 +172,9 @@ class CollapseGuard(Callback):
         widths = method.live_widths(trainer.model)
         meanings = method.width_meanings(trainer.model)
         for layer, width in widths.items():
-            if width == 0:
+            # A residual block whose units are all gone passes its input on: only a network
+            # whose outputs no longer differ between inputs has collapsed.
+            if width == 0 and _output_ignores_input(trainer):
                 raise TrainingCollapsed(
                     f"after epoch {epoch}, {layer} has no {_plural(meanings.get(layer))} left, "
                     "so the network's output no longer depends on its input: "
@@ -180,15 +186,40 @@ class CollapseGuard(Callback):
         if not trainer.method.resizes or accuracy is None or targets.dim() != 1 \
                 or targets.numel() == 0 or targets.is_floating_point():
             return
-        chance = float(torch.bincount(targets).max()) / targets.numel()
+        shares = torch.bincount(targets).double() / targets.numel()
+        chance = float(shares.max())
         margin = 2 * (chance * (1 - chance) / targets.numel()) ** 0.5
-        if accuracy <= chance + margin:
+        # Predicting the class shares alone scores their entropy: a loss below it (beyond its
+        # noise) is learning, even when the accuracy barely beats a dominant class.
+        prior_loss = float(-(shares[shares > 0] * shares[shares > 0].log()).sum())
+        loss = trainer.last_metrics.get("val_loss")
+        loss_margin = 2 * (trainer.last_metrics.get("val_loss_se") or 0.0)
+        learned = loss is not None and loss < prior_loss - loss_margin
+        if accuracy <= chance + margin and not learned:
             widths = "-".join(map(str, trainer.method.live_widths(trainer.model).values()))
             raise TrainingCollapsed(
                 f"{trainer.method.name} ended at {accuracy:.1%} validation accuracy, chance "
                 f"level for this data ({chance:.1%} is the largest class), with widths {widths}: "
                 "the network did not learn; try a smaller penalty, a wider start or a lower "
                 "learning rate")
+
+
+def _output_ignores_input(trainer: Trainer, rows: int = 64) -> bool:
+    """Whether the model (in eval mode) gives every one of some validation inputs the same
+    output; with fewer than two inputs at hand, an empty layer is taken at its word."""
+    inputs = trainer.data.x_val if len(trainer.data.x_val) >= 2 else trainer.data.x_train
+    if len(inputs) < 2:
+        return True
+    model = trainer.model
+    training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            outputs = model(inputs[:rows].to(trainer.device)).float()
+    finally:
+        model.train(training)
+    spread = (outputs - outputs[:1]).abs().max()
+    return bool(spread <= 1e-6 * (1 + outputs.abs().max()))
 
 
 def _plural(meaning: str | None) -> str:

@@ -81,7 +81,8 @@ class TrainConfig:
     augment_padding: int = 4  # the largest shift, in pixels
     # Write the checkpoint every N epochs; 0: whenever the training time since the last one is
     # at least 19 times what writing it cost (checkpoints then take at most 5 % of the time).
-    # The last epoch and an interrupt are always saved; a resume is exact from any checkpoint.
+    # The last epoch and an interrupt between batches are always saved; a resume is exact
+    # from any checkpoint (an interrupt elsewhere resumes from the last one written).
     checkpoint_every: int = 0
 
     def __post_init__(self) -> None:
@@ -598,8 +599,8 @@ class Trainer:
             raise RankFailed(
                 f"rank {self.distributed.rank}: another rank stopped answering during epoch "
                 f"{self.epoch + 1} ({type(error).__name__}: {str(error).splitlines()[0]}). The "
-                f"checkpoint of epoch {self.epoch} is kept: `neuroplast resume` continues it, "
-                "with any number of ranks"
+                "last checkpoint rank 0 wrote is kept: `neuroplast resume` continues it, with "
+                "any number of ranks"
             ) from None
         except KeyboardInterrupt:
             # A preemption notice is told apart so the command line can exit as if killed by it.
@@ -650,6 +651,8 @@ class Trainer:
     def _checkpoint_due(self, epoch_seconds: float) -> bool:
         """Whether the epoch just finished is checkpointed (``TrainConfig.checkpoint_every``)."""
         self._unsaved_seconds += epoch_seconds
+        if self.epoch >= self.config.epochs or self.stop_training:
+            return True  # the last epoch, kept before on_train_end can stop the run
         every = self.config.checkpoint_every
         if every:
             return self.epoch % every == 0

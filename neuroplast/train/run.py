@@ -31,6 +31,7 @@ from .callbacks import Callback
 from .loop import TrainConfig, Trainer
 
 CONFIG_FILE = "config.json"
+COMPLETE_OPTIONS = "method_options_complete"  # config.json holds every method option
 SUMMARY_FILE = "summary.json"
 RUN_FILES = (CONFIG_FILE, SUMMARY_FILE, "metrics.jsonl", "report.md", "widths.png", "curves.png",
              "params.png", "decision_boundary.png", "model.torchscript.pt", "model.onnx",
@@ -72,6 +73,14 @@ class RunConfig:
 
     @classmethod
     def from_json(cls, values: dict[str, Any]) -> RunConfig:
+        values = dict(values)
+        if not values.get(COMPLETE_OPTIONS):
+            # Written when config.json held only the options typed: a default changed since
+            # then must not change what the run rebuilds.
+            from ..methods import METHODS
+
+            legacy = getattr(METHODS.get(values.get("method", "fixed")), "legacy_defaults", {})
+            values["method_options"] = {**legacy, **(values.get("method_options") or {})}
         train_names = {f.name for f in fields(TrainConfig)}
         saved = values.get("train", {})
         train = TrainConfig(**{k: v for k, v in saved.items() if k in train_names})
@@ -182,7 +191,8 @@ def train_run(
                 print(f"neuroplast: warning: {message}", file=sys.stderr)
             _clear_run_dir(run_dir)
             cleared = True
-            record = json.dumps(_config_record(config, data), indent=1).encode()
+            record = json.dumps(_config_record(config, data, trainer.method.options()),
+                                indent=1).encode()
             write_atomic(run_dir / CONFIG_FILE, record)
         trainer.fit()
     except BaseException:
@@ -197,7 +207,8 @@ def train_run(
     return summary
 
 
-def _config_record(config: RunConfig, data: DataSplits) -> dict[str, Any]:
+def _config_record(config: RunConfig, data: DataSplits, method_options: dict[str, Any]
+                   ) -> dict[str, Any]:
     """What config.json holds: the configuration, plus what reloading the model needs.
 
     The data directory is stored absolute, so ``resume`` works from any directory; ``data``
@@ -205,6 +216,9 @@ def _config_record(config: RunConfig, data: DataSplits) -> dict[str, Any]:
     rebuild the model without the data set, on another machine.
     """
     record = config.to_json()
+    # Every option the method ran with, typed or default, so a later default cannot change it.
+    record["method_options"] = method_options
+    record[COMPLETE_OPTIONS] = True
     if config.data_dir is not None:
         record["data_dir"] = str(Path(config.data_dir).expanduser().resolve())
     record["data"] = {
