@@ -266,7 +266,7 @@ def hidden_width(summary: dict[str, Any]) -> int:
     it outputs``, or (NPN, L0-HC) the ``input features`` of the gated output layer.
     """
     count = summary["layer_counts"][-1]
-    if count not in ("units it outputs", "input features"):
+    if count not in ("units it outputs", "input features") and not count.startswith("units of"):
         raise ValueError(f"the last width counts {count!r}, not the hidden units")
     return int(summary["final_widths"][-1])
 

@@ -474,8 +474,11 @@ def _print_summary(run_dir: Path, summary: dict[str, Any]) -> None:
     text = "n/a" if accuracy is None else f"{accuracy:.2%}"
     widths = "-".join(map(str, summary["initial_widths"])), "-".join(
         map(str, summary["final_widths"]))
+    counts = summary.get("layer_counts") or []
+    # Say what the widths count when it is not each layer's own units (gated inputs, say).
+    meaning = "" if all(c == "units it outputs" for c in counts) else f" ({', '.join(counts)})"
     print(f"{summary['method']} {summary['model']} on {summary['dataset']}: test accuracy {text} "
-          f"after {summary['epochs']} epochs, widths {widths[0]} -> {widths[1]}, "
+          f"after {summary['epochs']} epochs, widths {widths[0]} -> {widths[1]}{meaning}, "
           f"{'n/a' if summary['params'] is None else format(summary['params'], ',')} "
           f"parameters, {summary['train_seconds']:.1f}s")
     if (run_dir / "report.md").exists():  # a run stopped before its first checkpoint has none

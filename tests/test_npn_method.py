@@ -550,3 +550,15 @@ def test_without_adaptive_the_lambdas_are_as_given_and_phi_is_not_capped(moons):
             assert top <= 3.0 / 7.0 + 1e-7
         else:
             assert top > 3.0 / 7.0 + 1e-3  # useful units climb past it without the cap
+
+
+def test_each_width_says_what_it_counts():
+    # moons MLP: fc1 (100 -> 80), act, out (80 -> 2): the gates before out switch fc1's units.
+    method = NPN(input_gates=True)
+    model = method.prepare_model(_moons_mlp())
+    assert method.width_meanings(model) == {"fc1": "input features", "out": "units of fc1"}
+    method = NPN()
+    lenet = method.prepare_model(build_model("lenet5", (1, 28, 28), 10))
+    assert method.width_meanings(lenet) == {
+        "conv1": "output channels", "conv2": "output channels",
+        "fc1": "input features", "out": "units of fc1"}

@@ -67,6 +67,8 @@ class GatedLayer:
             ``in_channels * kernel``; a Linear: ``out_features``); the L0 term counts these.
         governed: the module whose ``weight`` the gates switch, and ``dim`` the dimension of
             that weight indexed by the gates (0: conv filters; 1: Linear input columns).
+        source: for a Linear's input gates, the Linear whose units they switch (None: the
+            network's input features, or a conv's feature positions).
     """
 
     name: str
@@ -75,11 +77,15 @@ class GatedLayer:
     weights_per_gate: int
     governed: nn.Module
     dim: int
+    source: str | None = None  # the Linear whose units a Linear's input gates switch
 
     @property
     def counts(self) -> str:
-        """What the gates switch: a conv's output channels or a Linear's input features."""
-        return "output channels" if self.dim == 0 else "input features"
+        """What the gates switch: a conv's output channels, the units of the hidden Linear
+        before a gated Linear, or the input features it reads (the network's own)."""
+        if self.dim == 0:
+            return "output channels"
+        return "input features" if self.source is None else f"units of {self.source}"
 
     @property
     def size(self) -> int:
@@ -152,8 +158,19 @@ def _reads_raw_input(entries, index: int) -> bool:
                    for _, module in entries[:index])
 
 
+def _hidden_linear_before(entries, index: int) -> str | None:
+    """The Linear whose outputs reach ``entries[index]``, if the nearest layer that mixes
+    features before it is one (its units are what ``entries[index]``'s input gates switch)."""
+    for name, module in reversed(entries[:index]):
+        if isinstance(module, nn.Linear):
+            return name
+        if isinstance(module, nn.modules.conv._ConvNd):
+            return None
+    return None
+
+
 def _plan(model: nn.Module, input_gates: bool = True) -> list[tuple]:
-    """(anchor name, after?, gated module, width, positions) for every gate to insert."""
+    """(anchor name, after?, gated module, width, positions[, source]) for every gate."""
     chains = model_chains(model)
     plans = []
     if isinstance(model, nn.Sequential):
@@ -176,7 +193,8 @@ def _plan(model: nn.Module, input_gates: bool = True) -> list[tuple]:
                     positions = module.in_features // channels
                     plans.append((previous[0], False, module, channels, positions))
                 else:
-                    plans.append((name, False, module, module.in_features, None))
+                    plans.append((name, False, module, module.in_features, None,
+                                  _hidden_linear_before(entries, index)))
         block_chains = chains[1:]
     else:
         block_chains = chains
@@ -225,17 +243,18 @@ def attach_npn_gates(
             f"found no Linear or Conv layer to gate in {type(model).__name__}: NPN gates go on "
             f"the layers of an nn.Sequential (or the resizable convs of registered blocks){hint}"
         )
-    inserted: list[tuple[nn.Module, NPNGate, int]] = []
-    for anchor, after, gated, width, positions in plans:
+    inserted: list[tuple[nn.Module, NPNGate, int, str | None]] = []
+    for anchor, after, gated, width, positions, *source in plans:
         gate = NPNGate(width, positions, k=k) if gate_type is NPNGate else gate_type(
             width, positions)
         label = next(n for n, m in model.named_modules() if m is gated).rpartition(".")[2]
         insert_module(model, anchor, gate, f"{label}_gate", after=after)
-        inserted.append((gated, gate, 0 if after else 1))
+        inserted.append((gated, gate, 0 if after else 1, source[0] if source else None))
     names = {id(module): name for name, module in model.named_modules()}
     layers = []
-    for gated, gate, dim in inserted:
+    for gated, gate, dim, source in inserted:
         weight = gated.weight
         per_gate = math.prod(weight.shape) // weight.shape[dim]
-        layers.append(GatedLayer(names[id(gated)], names[id(gate)], gate, per_gate, gated, dim))
+        layers.append(GatedLayer(names[id(gated)], names[id(gate)], gate, per_gate, gated, dim,
+                                 source))
     return layers

@@ -224,6 +224,6 @@ def _output_ignores_input(trainer: Trainer, rows: int = 64) -> bool:
 
 def _plural(meaning: str | None) -> str:
     """'units it outputs' -> 'units', 'input features' stays: what a zero width has none of."""
-    if not meaning:
+    if not meaning or meaning.startswith("units it"):
         return "units"
-    return "units" if meaning.startswith("units") else meaning
+    return meaning
