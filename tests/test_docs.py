@@ -36,7 +36,6 @@ PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 # Blocks of pages that other people are editing, which cannot run as written: (page, a line of
 # the block) -> why. Remove an entry once its page fixes the block or marks it with a skip.
 PENDING = {
-    ("docs/npn.md", "for x, y in loader:"): "uses a `loader` the page does not define",
     ("docs/metanet.md", 'data = load_dataset("mnist", "/work/shared/data/mnist")'):
         "trains 20 MNIST epochs, from an absolute data path",
 }
