@@ -214,3 +214,14 @@ def test_train_help_is_short_and_a_method_help_lists_that_method(capsys):
     # A flag of a method not chosen still parses, and is refused with the reason.
     code, _, err = run(capsys, "train", "--npn-k", "3", "--dataset", "moons", "--epochs", "1")
     assert code == 2 and "is an option of --method npn" in err
+
+
+def test_each_epoch_says_validation_and_the_test_accuracy_comes_once_at_the_end(tmp_path, capsys):
+    code = cli.main(["train", "--dataset", "digits", "--model", "mlp", "--widths", "8",
+                     "--epochs", "3", "--out", str(tmp_path / "run")])
+    out = capsys.readouterr().out
+    assert code == 0
+    epochs = [line for line in out.splitlines() if line.startswith("epoch ")]
+    assert len(epochs) == 3 and all(" val " in line for line in epochs)
+    assert not any("test" in line for line in epochs)  # no epoch is picked by its test score
+    assert sum("test accuracy" in line for line in out.splitlines()) == 1
