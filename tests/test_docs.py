@@ -2,17 +2,24 @@
 
 Rules for the Markdown of README.md and docs/*.md:
 
-- every ```python block runs, unless the line before it is an HTML comment
-  ``<!-- skip: <reason> -->`` (for the few that need hours of CPU);
-- a ```bash block runs when the line before it is ``<!-- test: run -->``: as one bash script
-  with ``set -e``, where ``pip`` does nothing (the test runs in the installed environment) and
-  every ``neuroplast train`` gets ``--epochs 1`` appended (the last value of an option wins);
-- every ``neuroplast ...`` command in any bash block, run or not, must parse with the real
+- every ```python block and every shell block (```bash, ```sh, ..., or a bare ``` block that
+  starts with ``neuroplast``) runs, unless the line before it is an HTML comment
+  ``<!-- skip: <reason> -->``; ``<!-- test: run -->`` says it runs;
+- every ``neuroplast ...`` command in a shell (or ```console) block must parse with the real
   argument parser, and a ``--recipe NAME`` must name an installed recipe.
 
-The runnable blocks of one file run in order, in one temporary directory, so a block can use
-the files an earlier one wrote. A ``../shared`` beside that directory points at the
-``../shared`` beside the repository (the MNIST data of ``../shared/data/mnist``).
+The blocks of one file run in order, in one temporary directory, so a block can use the files
+and runs an earlier one wrote; a ``../shared`` beside that directory points at the ``../shared``
+beside the repository. Shell blocks run in bash with ``set -e``, quickly and on tiny data (see
+tests/docs_shell.py, which prints what it changes): ``neuroplast train`` gets ``--epochs 1``, a
+``--data-dir`` (MNIST, Fashion-MNIST, CIFAR-10, or a CSV/npz file no earlier block wrote)
+becomes a tiny stand-in of the same format (tests/tiny_data.py), a ``<recipe>`` placeholder a
+quick recipe; ``neuroplast resume`` of a finished run continues it for one more epoch. What
+does not run here is skipped, with its reason printed (``docs_shell.SKIPS``): ``pip``,
+data-parallel runs (``--nproc-per-node``, ``--distributed``, ``torchrun``), ``--device cuda``,
+``python -m pytest`` and ``python -m benchmarks`` without ``--smoke``.
+
+``pytest -m "not examples"`` leaves the examples out (about a minute).
 """
 
 from __future__ import annotations
@@ -23,8 +30,12 @@ import json
 import os
 import re
 import shlex
+import shutil
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +43,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+SHELL = Path(__file__).resolve().parent / "docs_shell.py"
+SHELL_LANGUAGES = ("bash", "sh", "shell")
+PARSED_LANGUAGES = (*SHELL_LANGUAGES, "console")  # console (prompts, output): parsed, not run
 
 # Blocks of pages that other people are editing, which cannot run as written: (page, a line of
 # the block) -> why. Remove an entry once its page fixes the block or marks it with a skip.
@@ -64,8 +78,11 @@ def blocks(path: Path) -> list[Block]:
         line = text.count("\n", 0, match.start()) + 1
         before = text[:match.start()].rstrip("\n").rsplit("\n", 1)[-1]
         mark = _MARK.search(before)
-        found.append(Block(str(path.relative_to(REPO)), line, match.group(1).lower(),
-                           match.group(2), (mark.group(1), mark.group(2)) if mark else None))
+        language, code = match.group(1).lower(), match.group(2)
+        if not language and code.startswith("neuroplast "):  # a bare fence around a command
+            language = "bash"
+        found.append(Block(str(path.relative_to(REPO)), line, language, code,
+                           (mark.group(1), mark.group(2)) if mark else None))
     return found
 
 
@@ -77,9 +94,9 @@ def pending(block: Block) -> str | None:
 
 
 def runnable(block: Block) -> bool:
-    if block.language == "python":
-        return not (block.mark and block.mark[0] == "skip") and pending(block) is None
-    return block.language in ("bash", "sh") and block.mark == ("test", "run")
+    if block.language not in ("python", *SHELL_LANGUAGES):
+        return False
+    return not (block.mark and block.mark[0] == "skip") and pending(block) is None
 
 
 def test_rules_are_used_as_meant():
@@ -87,7 +104,7 @@ def test_rules_are_used_as_meant():
     for path in PAGES:
         for block in blocks(path):
             if block.mark == ("test", "run"):
-                assert block.language in ("bash", "sh", "python"), block.where
+                assert block.language in ("python", *SHELL_LANGUAGES), block.where
             elif block.mark:
                 assert block.mark[0] == "skip" and block.mark[1], (
                     f"{block.where}: write <!-- skip: <reason> --> or <!-- test: run -->")
@@ -130,7 +147,7 @@ def test_shell_commands_parse(path):
 
     parser, recipes = build_parser(), set(recipe_names())
     for block in blocks(path):
-        if block.language not in ("bash", "sh", "shell", "console"):
+        if block.language not in PARSED_LANGUAGES:
             continue
         for argv in _commands(block.code):
             stderr = io.StringIO()
@@ -147,36 +164,6 @@ def test_shell_commands_parse(path):
                     f"{block.where}: no installed recipe {recipe!r}")
 
 
-# Runs the blocks of one page, in order, in the current directory; stops at the first failure.
-_RUNNER = r'''
-import json, os, subprocess, sys, time, traceback
-
-SHELL = """set -e
-pip() { echo "(pip skipped: the docs test runs in the installed environment)"; }
-neuroplast() {
-    if [ "$1" = train ]; then set -- "$@" --epochs 1; fi
-    "$DOCS_TEST_PYTHON" -m neuroplast "$@"
-}
-"""
-start = time.perf_counter()
-for block in json.load(open(sys.argv[1])):
-    print(f"--- {time.perf_counter() - start:.1f} s: {block['where']} ({block['language']})",
-          flush=True)
-    if block["language"] == "python":
-        try:
-            code = compile(block["code"], block["where"], "exec")
-            exec(code, {"__name__": "__main__"})
-        except BaseException:
-            traceback.print_exc()
-            sys.exit(f"FAILED: the python block at {block['where']}")
-        sys.stdout.flush()
-    else:
-        result = subprocess.run(["bash", "-c", SHELL + block["code"]])
-        if result.returncode:
-            sys.exit(f"FAILED (exit {result.returncode}): the bash block at {block['where']}")
-'''
-
-
 def _page_id(path: Path) -> str:
     return str(path.relative_to(REPO))
 
@@ -184,8 +171,43 @@ def _page_id(path: Path) -> str:
 RUNNABLE = [path for path in PAGES if any(runnable(b) for b in blocks(path))]
 
 
+@pytest.fixture(scope="session")
+def docs_server(tmp_path_factory):
+    """tests/docs_shell.py's server, warm, with the tiny data sets: (socket, environment)."""
+    if not hasattr(os, "fork") or not hasattr(socket, "AF_UNIX"):
+        pytest.skip("the docs' examples run through a forking server (POSIX only)")
+    from tiny_data import write_tiny_data
+
+    root = tmp_path_factory.mktemp("docs")
+    write_tiny_data(root / "data")
+    # A socket's path has a short limit (104-108 bytes): keep it out of deep temporary paths.
+    sockets = Path(tempfile.mkdtemp(prefix="neuroplast-docs-"))
+    address = str(sockets / "server")
+    env = dict(os.environ, DOCS_TEST_PYTHON=sys.executable, DOCS_TEST_CLIENT=str(SHELL),
+               DOCS_TEST_SOCKET=address, MPLBACKEND="Agg", NEUROPLAST_CACHE=str(root / "cache"),
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    log_path = root / "server.log"
+    with open(log_path, "w") as log:
+        server = subprocess.Popen(
+            [sys.executable, str(SHELL), "serve", address, str(root / "data")], env=env,
+            stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True)
+    try:
+        assert server.stdout.readline().strip() == "ready", log_path.read_text()[-4000:]
+        yield address, env, log_path
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGTERM)  # the server and what it still runs
+        server.wait(timeout=30)
+        server.stdout.close()
+        shutil.rmtree(sockets, ignore_errors=True)
+
+
+@pytest.mark.examples
 @pytest.mark.parametrize("path", RUNNABLE, ids=_page_id)
-def test_examples_run(path, tmp_path):
+def test_examples_run(path, tmp_path, docs_server):
+    from docs_shell import request
+
+    address, env, log = docs_server
     work = tmp_path / "work"
     work.mkdir()
     shared = REPO.parent / "shared"
@@ -194,13 +216,18 @@ def test_examples_run(path, tmp_path):
     chosen = [{"where": b.where, "language": b.language, "code": b.code}
               for b in blocks(path) if runnable(b)]
     (tmp_path / "blocks.json").write_text(json.dumps(chosen))
-    env = dict(os.environ, DOCS_TEST_PYTHON=sys.executable, MPLBACKEND="Agg",
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    result = subprocess.run(
-        [sys.executable, "-c", _RUNNER, str(tmp_path / "blocks.json")], cwd=work, env=env,
-        capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, (
-        f"{result.stderr[-6000:]}\n--- output ---\n{result.stdout[-6000:]}")
+    failures, output = tmp_path / "failures.txt", tmp_path / "output.txt"
+    message = {"kind": "page", "blocks": str(tmp_path / "blocks.json"), "cwd": str(work),
+               "env": dict(env, DOCS_TEST_FAILURES=str(failures))}
+    with open(os.devnull) as stdin, open(output, "w") as out:
+        status = request(address, message, [stdin.fileno(), out.fileno(), out.fileno()],
+                         timeout=600)
+    if status:
+        failed = failures.read_text() if failures.exists() else ""
+        server = log.read_text(errors="replace")[-3000:]
+        tail = output.read_text(errors="replace")[-8000:]
+        pytest.fail(f"{failed}--- output (the end) ---\n{tail}"
+                    + (f"\n--- server log ---\n{server}" if server else ""), pytrace=False)
 
 
 def test_site_builds_strict(tmp_path):
