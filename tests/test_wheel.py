@@ -45,8 +45,10 @@ def test_the_wheel_ships_the_recipes_and_runs_one_by_name(tmp_path):
     site = Path(_run(python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])",
                      cwd=tmp_path).strip())
     (site / "lend-torch.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    # --ignore-installed: the lent site-packages may hold a neuroplast of the same version (a
+    # non-editable install, as in CI), which pip would otherwise take as already installed.
     _run(sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "--no-index",
-         "-q", wheel, cwd=tmp_path)
+         "--ignore-installed", "-q", wheel, cwd=tmp_path)
 
     elsewhere = tmp_path / "elsewhere"  # not the checkout: nothing found by relative path
     elsewhere.mkdir()
