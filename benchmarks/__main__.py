@@ -96,7 +96,8 @@ def _tasks(suite: str) -> list[Task]:
         }
         if task.name != "mnist-lenet5":  # MetaNet and net2net grow MLPs' hidden layers
             # the scheduler every other method of the suite trains with, not MetaNet's own
-            task.methods["metanet"] = ["--method", "metanet", "--metanet-layers", "all",
+            task.methods["metanet"] = ["--method", "metanet", "--metanet-strategy", "metabolism",
+                                       "--metanet-layers", "all",
                                        "--scheduler", "none"]
             task.methods["net2net"] = ["--method", "net2net", "--net2net-factor", "2",
                                        "--net2net-events", "2"]

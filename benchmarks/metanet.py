@@ -93,6 +93,8 @@ class Experiment:
                 "--out", f"{runs_dir}/{self.key}", "--overwrite"]
         if self.activation != "relu":
             args += ["--activation", self.activation]
+        if self.method == "metanet":  # this grid measured the metabolism cycle
+            args += ["--metanet-strategy", "metabolism", "--scheduler", "none", "--lr", "1e-3"]
         for option, value in self.options.items():
             flag = f"--metanet-{option.replace('_', '-')}"
             if isinstance(value, bool):

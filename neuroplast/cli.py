@@ -35,9 +35,9 @@ from .train.loop import OPTIMIZERS, SCHEDULERS, TrainConfig
 from .train.run import RunConfig, RunDirectoryError
 
 # What `neuroplast train` with no arguments runs: a complete small self-sizing job on bundled
-# data (no download): MetaNet grows an MLP from 8 hidden neurons on the 8x8 digits.
+# data (no download): MetaNet's width search sizes an MLP started at 1024 neurons on the digits.
 # Its epochs, learning rate and schedule are MetaNet's own defaults (``MetaNet.train_defaults``).
-DEFAULT_JOB = {"method": "metanet", "model": "mlp", "dataset": "digits", "widths": [8],
+DEFAULT_JOB = {"method": "metanet", "model": "mlp", "dataset": "digits", "widths": [1024],
                "out": "runs/default"}
 
 # Options that choose the job itself: without any of them (and without a recipe) the default

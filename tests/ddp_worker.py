@@ -25,7 +25,8 @@ from neuroplast.train.loop import TrainConfig
 from neuroplast.train.run import RunConfig, resume_run, train_run
 
 # Division every cycle for three cycles and an eager autophagy: both kinds of events happen.
-METANET = {"cycle_epochs": 1, "trigger": "schedule", "schedule_cycles": 3, "growth_min": 4,
+METANET = {"strategy": "metabolism", "cycle_epochs": 1, "trigger": "schedule",
+           "schedule_cycles": 3, "growth_min": 4,
            "autophagy_threshold": 0.9, "autophagy_patience": 1, "protect_cycles": 0,
            "max_removal": 0.3, "min_width": 4, "finetune_epochs": 1}
 

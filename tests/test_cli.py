@@ -79,7 +79,8 @@ def test_a_recipe_option_of_another_method_names_the_method(tmp_path, capsys):
         (["--threads", "0"], "threads must be >= 1"),
         (["--activation", "swish"], "unknown activation 'swish'; choose one of"),
         (["--model", "resnet20", "--activation", "tanh"], "--activation applies to the models"),
-        (["--method", "metanet", "--metanet-proliferation", "splitting"],
+        (["--method", "metanet", "--metanet-strategy", "metabolism",
+          "--metanet-proliferation", "splitting"],
          "splitting needs an activation with a second derivative (--activation tanh"),
         (["--dataset", "mnist", "--data-dir", "/nonexistent/mnist"], "train-images-idx3-ubyte"),
     ],
@@ -138,7 +139,7 @@ def test_no_arguments_means_the_default_job():
 def test_an_option_that_does_not_choose_the_job_changes_only_itself():
     default = cli.config_from_options({})
     config = cli.config_from_options({"epochs": 50})
-    assert (config.method, config.dataset, config.widths) == ("metanet", "digits", [8])
+    assert (config.method, config.dataset, config.widths) == ("metanet", "digits", [1024])
     assert config.train.epochs == 50
     # Everything else is the default job's (compared field by field with the plain default).
     for name in ("lr", "scheduler", "optimizer", "batch_size", "seed"):

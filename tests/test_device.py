@@ -97,7 +97,8 @@ def test_command_line_rejects_a_missing_device_and_trains_on_an_explicit_cpu(tmp
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_a_metanet_run_on_cuda_matches_the_cpu_run_in_widths_and_events(tmp_path):
     base = ["train", "--method", "metanet", "--dataset", "digits", "--widths", "8",
-            "--epochs", "4", "--no-progress", "--metanet-trigger", "schedule"]
+            "--epochs", "4", "--no-progress", "--metanet-strategy", "metabolism",
+            "--metanet-trigger", "schedule"]
     assert main([*base, "--out", str(tmp_path / "cpu")]) == 0
     assert main([*base, "--device", "cuda", "--out", str(tmp_path / "cuda")]) == 0
     import json

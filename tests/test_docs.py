@@ -49,10 +49,7 @@ PARSED_LANGUAGES = (*SHELL_LANGUAGES, "console")  # console (prompts, output): p
 
 # Blocks of pages that other people are editing, which cannot run as written: (page, a line of
 # the block) -> why. Remove an entry once its page fixes the block or marks it with a skip.
-PENDING = {
-    ("docs/metanet.md", 'data = load_dataset("mnist", "/work/shared/data/mnist")'):
-        "trains 20 MNIST epochs, from an absolute data path",
-}
+PENDING: dict[tuple[str, str], str] = {}  # (page, a line of the block) -> why it cannot run
 
 _FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```\s*$", re.M | re.S)
 _MARK = re.compile(r"<!--\s*(skip|test)\s*:\s*(.*?)\s*-->\s*$")

@@ -22,7 +22,7 @@ from neuroplast.methods.expression import (
     select_autophagy,
     under_expressed,
 )
-from neuroplast.methods.metanet import MetaNet
+from neuroplast.methods.metanet import MetaNet as _MetaNet
 from neuroplast.methods.proliferation import (
     choose_parents,
     divide,
@@ -31,6 +31,12 @@ from neuroplast.methods.proliferation import (
     gradient_matrix,
     random_birth,
 )
+
+
+def MetaNet(**options) -> _MetaNet:
+    """MetaNet's metabolism cycle, the behaviour these tests pin down (the default strategy is
+    the width search: tests/test_metanet_search.py)."""
+    return _MetaNet(**{"strategy": "metabolism", **options})
 
 
 def _model(widths=(12,), inputs=20, classes=5, dropout=0.0):
@@ -491,7 +497,7 @@ def test_metabolism_metabolises_every_hidden_layer_with_layers_all():
 )
 def test_bad_options_are_clear_errors(options, message):
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("(", r"\(")):
-        build_method("metanet", options)
+        build_method("metanet", {"strategy": "metabolism", **options})
 
 
 def test_layers_that_metanet_cannot_resize_are_clear_errors():

@@ -10,7 +10,14 @@ import pytest
 from test_metanet import _fake_trainer, _model, _script
 
 from neuroplast.methods import build_method
-from neuroplast.methods.metanet import MetaNet
+from neuroplast.methods.metanet import MetaNet as _MetaNet
+
+
+def MetaNet(**options) -> _MetaNet:
+    """MetaNet's metabolism cycle, the behaviour these tests pin down (the default strategy is
+    the width search: tests/test_metanet_search.py)."""
+    return _MetaNet(**{"strategy": "metabolism", **options})
+
 
 GROW = dict(proliferation="random", autophagy=False, growth_fraction=1.0, growth_min=2,
             stable_cycles=2)
@@ -57,4 +64,4 @@ def test_an_error_within_the_noise_is_no_payoff():
 
 def test_an_unknown_payoff_is_a_clear_error():
     with pytest.raises(ValueError, match="--metanet-payoff must be one of loss, error"):
-        build_method("metanet", {"payoff": "accuracy"})
+        build_method("metanet", {"strategy": "metabolism", "payoff": "accuracy"})

@@ -15,7 +15,8 @@ from neuroplast.train.run import RunConfig, resume_run, train_run
 RECIPES = sorted(RECIPE_DIR.glob("metanet-*.toml"))
 
 # Small enough for a second per run, busy enough that every kind of event happens.
-BUSY = {"trigger": "schedule", "schedule_cycles": 3, "growth_fraction": 0.5, "growth_min": 2,
+BUSY = {"strategy": "metabolism", "trigger": "schedule", "schedule_cycles": 3,
+        "growth_fraction": 0.5, "growth_min": 2,
         "autophagy_threshold": 0.6, "autophagy_patience": 1, "protect_cycles": 0,
         "min_width": 4, "finetune_epochs": 1}
 
@@ -86,10 +87,12 @@ def test_a_converged_run_trains_its_widths_to_the_end_of_the_budget_by_default(t
 def test_command_line_trains_metanet_and_rejects_bad_options(tmp_path, capsys):
     base = ["train", "--method", "metanet", "--dataset", "digits", "--widths", "8", "--epochs",
             "3", "--no-progress", "--threads", "1", "--metanet-proliferation", "gradient",
-            "--metanet-trigger", "schedule", "--out", str(tmp_path / "ok")]
+            "--metanet-trigger", "schedule", "--metanet-strategy", "metabolism",
+            "--out", str(tmp_path / "ok")]
     assert cli.main(base) == 0
     config = json.loads((tmp_path / "ok" / "config.json").read_text())
-    assert config["method_options"] == {"proliferation": "gradient", "trigger": "schedule"}
+    typed = {"proliferation": "gradient", "trigger": "schedule", "strategy": "metabolism"}
+    assert {key: config["method_options"][key] for key in typed} == typed
     assert json.loads((tmp_path / "ok" / "summary.json").read_text())["final_widths"] == [16]
     capsys.readouterr()
     bad = base[:-1] + [str(tmp_path / "bad"), "--metanet-proliferation", "mitosis"]

@@ -17,8 +17,14 @@ from torch import nn
 
 from neuroplast import build_model, layer_widths
 from neuroplast.core.resize import split_units
-from neuroplast.methods.metanet import MetaNet
+from neuroplast.methods.metanet import MetaNet as _MetaNet
 from neuroplast.methods.proliferation import splitting_eigen, steepest_split
+
+
+def MetaNet(**options) -> _MetaNet:
+    """MetaNet's metabolism cycle, the behaviour these tests pin down (the default strategy is
+    the width search: tests/test_metanet_search.py)."""
+    return _MetaNet(**{"strategy": "metabolism", **options})
 
 
 def _trained(activation="tanh", inputs=6, width=5, classes=3, seed=0):

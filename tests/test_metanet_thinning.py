@@ -22,9 +22,16 @@ from test_metanet import (
 
 from neuroplast import layer_widths
 from neuroplast.methods import build_method
-from neuroplast.methods.metanet import MetaNet
+from neuroplast.methods.metanet import MetaNet as _MetaNet
 from neuroplast.train.loop import TrainConfig
 from neuroplast.train.run import RunConfig, resume_run, train_run
+
+
+def MetaNet(**options) -> _MetaNet:
+    """MetaNet's metabolism cycle, the behaviour these tests pin down (the default strategy is
+    the width search: tests/test_metanet_search.py)."""
+    return _MetaNet(**{"strategy": "metabolism", **options})
+
 
 THIN = dict(proliferation="none", autophagy=False, thinning=0.25, thinning_cost=0.05, min_width=4,
             stable_cycles=2)
@@ -237,11 +244,12 @@ def test_thinning_never_goes_below_the_minimum_width():
 ])
 def test_bad_thinning_options_are_clear_errors(options, message):
     with pytest.raises(ValueError, match=message):
-        build_method("metanet", options)
+        build_method("metanet", {"strategy": "metabolism", **options})
 
 
 def _config(out, epochs=8, payoff="loss"):
-    options = {"proliferation": "division", "trigger": "schedule", "schedule_cycles": 2,
+    options = {"strategy": "metabolism", "proliferation": "division", "trigger": "schedule",
+               "schedule_cycles": 2,
                "growth_fraction": 1.0, "growth_min": 2, "thinning": 0.25, "min_width": 4,
                "stable_cycles": 1, "finetune_epochs": 1, "plateau_threshold": 10.0,
                "payoff": payoff}

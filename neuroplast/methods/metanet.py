@@ -1,8 +1,20 @@
-"""``metanet``: the Metabolize Neural Network (Dai et al., arXiv 1809.00837), reconstructed.
+"""``metanet``: a network that finds its own hidden width, by search or by metabolism.
 
-Only the paper's abstract is available, so this is a reconstruction faithful to it (see
-``docs/metanet.md`` for every decision). A shallow network metabolises its hidden neurons in
-*cycles* of ``cycle_epochs`` epochs:
+Two strategies (``strategy``):
+
+- ``search`` (the default): :mod:`neuroplast.methods.width_search`. Double the width while
+  that helps beyond the validation noise, then compress it while halving costs nothing
+  beyond that noise, bisect once, and train the smallest width within the noise of the best
+  to the end of the budget. It reads only ``layers``, ``min_width``, ``max_width`` and
+  ``search_share``; setting an option of the metabolism under it is an error, not a no-op.
+- ``metabolism``: the Metabolize Neural Network (Dai et al., arXiv 1809.00837),
+  reconstructed, described below. It did not find a task's width with its defaults (from
+  1024 units it grew on tasks that need 12-24, from 8 it ended anywhere from 16 to 419), so
+  it is no longer the default; the recipes select it.
+
+Only the paper's abstract is available, so the metabolism is a reconstruction faithful to it
+(see ``docs/metanet.md`` for every decision). A shallow network metabolises its hidden
+neurons in *cycles* of ``cycle_epochs`` epochs:
 
 1. train a cycle; during its last epoch, forward hooks gather each unit's mean |activation|,
    mean activation and fraction of zero outputs (no extra forward pass);
@@ -44,7 +56,7 @@ the trainer's optimizer carried along.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -68,40 +80,63 @@ from .proliferation import (
     steepest_split,
     warm_second_moments,
 )
+from .width_search import SEARCH_SHARE, WidthSearch
 
 if TYPE_CHECKING:
     from ..train.loop import Trainer
 
+STRATEGIES = ("search", "metabolism")
 PROLIFERATIONS = ("division", "random", "gradient", "splitting", "none")
 TRIGGERS = ("plateau", "schedule")
 PAYOFFS = ("loss", "error")
 PHASES = ("metabolism", "finetune", "done")
-
+# Options only the metabolism reads: set under the search, they would silently do nothing.
+METABOLISM_OPTIONS = (
+    "proliferation", "division_noise", "birth_fanout_std", "gradient_eps", "gradient_samples",
+    "split_step", "warm_moments", "autophagy", "cycle_epochs", "trigger", "plateau_threshold",
+    "payoff_threshold", "payoff", "significance", "schedule_cycles", "growth_fraction",
+    "growth_min", "autophagy_threshold", "dead_fraction", "autophagy_patience", "recovery",
+    "protect_cycles", "max_removal", "thinning", "thinning_cost", "thinning_significance",
+    "brake_cycles", "stable_cycles", "finetune_epochs", "stop_when_stable", "fold_bias")
 
 
 @dataclass
 class MetaNet(Method):
-    """Proliferation and autophagy of hidden neurons in a metabolism cycle.
+    """A hidden width found by a width search (default) or a metabolism cycle.
 
     Example::
 
-        method = MetaNet(proliferation="gradient", cycle_epochs=1)
-        Trainer(build_model("mlp", (1, 28, 28), 10, widths=[8]), data, method,
-                TrainConfig(epochs=30)).fit()
+        Trainer(build_model("mlp", (1, 28, 28), 10, widths=[8]), data, MetaNet(),
+                TrainConfig(epochs=30, lr=0.01, scheduler="cosine")).fit()
+        MetaNet(strategy="metabolism", proliferation="gradient", cycle_epochs=1)
     """
 
     name = "metanet"
-    description = "MetaNet: neurons proliferate and are removed by autophagy in cycles"
-    # Enough cycles for the widths to settle on a small data set (the default job's schedule).
+    description = ("MetaNet: grows the hidden width while it helps, compresses it while it "
+                   "is free (or metabolises it: proliferation and autophagy in cycles)")
+    # The default job's schedule. The search takes at most the first two thirds of it, where
+    # the cosine rate is still at least a quarter of its start; the chosen width the rest.
     train_defaults = {"epochs": 30, "lr": 0.01, "scheduler": "cosine"}
+    # Runs whose config.json holds only the options typed predate the search: the metabolism.
+    legacy_defaults = {"strategy": "metabolism"}
 
+    strategy: str = option(
+        "search", "search (double the width while validation improves beyond its noise, "
+                  "then compress it while it costs nothing beyond that noise, bisect, train "
+                  "the smallest width within the noise of the best to the end; reads only "
+                  "layers, min-width, max-width and search-share) or metabolism (the cycles "
+                  "of proliferation and autophagy that every other option tunes)")
+    search_share: float = option(
+        SEARCH_SHARE, "search: the share of the epoch budget the search may take; the width "
+                      "it chooses trains for the rest")
     proliferation: str = option(
         "division", "how neurons are born: division (a copy of an expressed parent), random, "
                     "gradient (GradMax-like), splitting (splitting steepest descent; needs a "
                     "smooth activation such as --activation tanh) or none (autophagy only)")
     autophagy: bool = option(True, "remove under-expressed neurons")
     layers: str = option(
-        "first", "which hidden layers metabolise: first, all, or names like fc1,fc2")
+        "first", "which hidden layers are sized: first, all, or names like fc1,fc2 (the "
+                 "search scales them all by one factor)")
     cycle_epochs: int = option(1, "epochs per metabolism cycle")
     trigger: str = option(
         "plateau", "when to proliferate: plateau (the validation loss stalled) or schedule "
@@ -152,7 +187,8 @@ class MetaNet(Method):
               "since the last cycle is recovering, not dying (newborns start small)")
     protect_cycles: int = option(1, "newborn neurons are not judged for this many cycles")
     max_removal: float = option(0.3, "remove at most this fraction of a layer per cycle")
-    min_width: int = option(8, "never shrink a layer below this width")
+    min_width: int = option(
+        0, "never shrink a layer below this width (0: 1 for the search, 8 for the metabolism)")
     fold_bias: bool = option(True, "fold removed neurons' mean output into the next bias")
     warm_moments: bool = option(
         True, "random and gradient births start with their layer's mean Adam second moment, "
@@ -185,7 +221,12 @@ class MetaNet(Method):
                "may stop early)")
 
     def __post_init__(self) -> None:
+        if type(self.min_width) is int and self.min_width == 0 and self.strategy in STRATEGIES:
+            self.min_width = 8 if self.strategy == "metabolism" else 1  # 0: the strategy's own
         self._check_options()
+        self._search: WidthSearch | None = None
+        if self.strategy == "search":
+            self._search = WidthSearch(self.min_width, self.max_width, share=self.search_share)
         self._monitor = ExpressionMonitor()
         self._layers: list[str] = []
         self._units: dict[str, dict[str, torch.Tensor]] = {}  # age, low per layer
@@ -235,6 +276,8 @@ class MetaNet(Method):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 fail(option, f"must be an integer >= {low}")
 
+        if self.strategy not in STRATEGIES:
+            fail("strategy", f"must be one of {', '.join(STRATEGIES)}")
         if self.proliferation not in PROLIFERATIONS:
             fail("proliferation", f"must be one of {', '.join(PROLIFERATIONS)}")
         if self.trigger not in TRIGGERS:
@@ -246,11 +289,10 @@ class MetaNet(Method):
                 fail(flag, "must be true or false")
         if not isinstance(self.layers, str) or not self.layers.strip():
             fail("layers", "must be 'first', 'all' or comma-separated layer names")
-        for name, low in (("cycle_epochs", 1), ("schedule_cycles", 0), ("growth_min", 1),
-                            ("max_width", 1), ("gradient_samples", 1), ("autophagy_patience", 1),
-                            ("protect_cycles", 0), ("min_width", 1), ("stable_cycles", 1),
-                            ("brake_cycles", 0),
-                            ("finetune_epochs", 0)):
+        for name, low in (("cycle_epochs", 1), ("schedule_cycles", 0),
+                          ("growth_min", 1), ("max_width", 1), ("gradient_samples", 1),
+                          ("autophagy_patience", 1), ("protect_cycles", 0), ("min_width", 1),
+                          ("stable_cycles", 1), ("brake_cycles", 0), ("finetune_epochs", 0)):
             integer(name, low)
         for name in ("plateau_threshold", "payoff_threshold", "significance", "recovery",
                      "thinning_significance",
@@ -261,6 +303,8 @@ class MetaNet(Method):
         for name in ("gradient_eps", "split_step"):
             if not 0 < number(name) < math.inf:
                 fail(name, "must be a positive number")
+        if not 0 < number("search_share") <= 1:
+            fail("search_share", "must be in (0, 1]")
         if not 0 < number("dead_fraction") <= 1:
             fail("dead_fraction", "must be in (0, 1]")
         if not 0 <= number("thinning") < 1:
@@ -271,6 +315,17 @@ class MetaNet(Method):
             fail("max_removal", "must be in [0, 1]")
         if self.min_width > self.max_width:
             fail("min_width", f"must not exceed --metanet-max-width ({self.max_width})")
+        if self.strategy == "search":
+            defaults = {f.name: f.default for f in fields(self)}
+            changed = [name for name in METABOLISM_OPTIONS
+                       if getattr(self, name) != defaults[name]]
+            if changed:
+                flags = ", ".join(f"--metanet-{name.replace('_', '-')}" for name in changed)
+                raise ValueError(f"{flags} tune the metabolism, which this run does not use: "
+                                 "add --metanet-strategy metabolism (metanet_strategy = "
+                                 "\"metabolism\" in a recipe), or drop them")
+        elif self.search_share != SEARCH_SHARE:
+            fail("search_share", "is an option of --metanet-strategy search")
 
     def _resolve_layers(self, model: torch.nn.Module) -> list[str]:
         names = list(select_unit_groups(model, self.layers, "--metanet-layers"))
@@ -290,6 +345,9 @@ class MetaNet(Method):
 
     def on_train_begin(self, trainer: Trainer) -> None:
         self._layers = self._resolve_layers(trainer.model)
+        if self._search is not None:
+            self._search.begin(trainer, self._layers)
+            return
         for layer in self._layers:
             width = dense_group(trainer.model, layer).width
             units = self._units.get(layer)
@@ -308,6 +366,8 @@ class MetaNet(Method):
         self._monitor.detach()
 
     def on_epoch_begin(self, trainer: Trainer, epoch: int) -> None:
+        if self._search is not None:
+            return
         self._epoch_births = self._epoch_deaths = 0
         # Statistics describe the network autophagy acts on, so only the cycle's last epoch.
         self._monitor.active = self._phase == "metabolism" and self._cycle_ends(trainer, epoch)
@@ -318,6 +378,9 @@ class MetaNet(Method):
         return epoch % self.cycle_epochs == 0 and epoch <= last
 
     def on_epoch_end(self, trainer: Trainer, epoch: int) -> None:
+        if self._search is not None:
+            self._search.epoch_end(trainer, epoch)
+            return
         self._neuron_epochs += sum(self._width(layer) for layer in self._layers)
         self._monitor.active = False
         if self._phase == "finetune":
@@ -719,6 +782,8 @@ class MetaNet(Method):
 
     # ------------------------------------------------------------------ reporting and state
     def metrics(self, trainer: Trainer) -> dict[str, float]:
+        if self._search is not None:
+            return self._search.metrics()
         return {
             "cycle": self._cycle,
             "phase": PHASES.index(self._phase),
@@ -734,6 +799,8 @@ class MetaNet(Method):
         }
 
     def state_dict(self) -> dict[str, Any]:
+        if self._search is not None:
+            return {"search": self._search.state_dict()}
         return {
             "layers": list(self._layers),
             "units": {layer: dict(units) for layer, units in self._units.items()},
@@ -767,6 +834,16 @@ class MetaNet(Method):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "search" in state:
+            if self._search is None:
+                raise ValueError("this checkpoint holds a MetaNet width search, but the run "
+                                 "is configured for --metanet-strategy metabolism")
+            self._search.load_state_dict(state["search"])
+            return
+        if self._search is not None:
+            # A metabolism's checkpoint from before the search was the default (its config.json
+            # names no strategy): it goes on metabolising.
+            self.strategy, self._search = "metabolism", None
         self._layers = list(state["layers"])
         self._units = {layer: {k: v.clone() for k, v in units.items()}
                        for layer, units in state["units"].items()}
