@@ -201,12 +201,13 @@ def _download_missing(directory: Path, source: IdxSource, stems: list[str]) -> s
 def _missing(name: str, directory: Path, stem: str, download: bool, failure: str | None) -> str:
     source = SOURCES[name]
     where = f"in {directory}" if directory.is_dir() else f"in {directory} (no such folder)"
-    if not directory.is_absolute():  # recipes hold paths relative to where you run them
+    if not directory.is_absolute():  # a relative --data-dir is read from where you run
         where += f", a path relative to the current directory {Path.cwd()}"
     files = ", ".join(f"{s}.gz" for s in FILES)
     message = (
         f"{name}: expected the file {stem}.gz (or uncompressed {stem}) {where}. Download the "
-        f"four files {files} from {source.url} into that folder, or call "
+        f"four files {files} from {source.url} into that folder (or give the folder that "
+        f"holds them: --data-dir DIR on the command line), or call "
         f"load_dataset({name!r}, data_dir, download=True) where a network is available to "
         "fetch them automatically."
     )

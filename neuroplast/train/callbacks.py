@@ -159,8 +159,9 @@ class TrainingCollapsed(RuntimeError):
 class CollapseGuard(Callback):
     """Stop a run whose sizing decisions collapsed the network, with the cause and the fix.
 
-    After every epoch: a layer with no live unit (for a gated Linear, every input feature
-    closed) whose network gives every validation input the same output. After the last epoch:
+    After every epoch: a layer left with no live unit (for a gated Linear, every input feature
+    closed) when the network now gives every validation input the same output (an emptied
+    residual block is allowed: its input passes around it). After the last epoch:
     a method that resizes and ends with validation accuracy at chance (the majority class's
     share, plus two standard errors of that share on the validation set) and a validation
     loss no lower than predicting the class shares would score has failed, whatever its widths.
