@@ -10,6 +10,8 @@ from .core import (
     CheckpointError,
     LayerCoupling,
     NotResizableError,
+    TracedGroup,
+    UnitGraph,
     UnitGroup,
     UnsupportedLayerError,
     UnsupportedModelError,
@@ -26,6 +28,7 @@ from .core import (
     save_checkpoint,
     set_layer_widths,
     split_units,
+    trace_unit_groups,
 )
 from .export import (
     ExportError,
@@ -70,4 +73,7 @@ __all__ = [
     "save_checkpoint",
     "set_layer_widths",
     "split_units",
+    "trace_unit_groups",
+    "TracedGroup",
+    "UnitGraph",
 ]

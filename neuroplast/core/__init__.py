@@ -22,6 +22,7 @@ from .layers import (
 )
 from .optim import UnsupportedOptimizerStateError, carry_optimizer_state
 from .resize import grow_units, prune_units, set_layer_widths, split_units
+from .trace import TracedGroup, UnitGraph, trace_unit_groups
 
 __all__ = [
     "Checkpoint",
@@ -49,4 +50,7 @@ __all__ = [
     "save_checkpoint",
     "set_layer_widths",
     "split_units",
+    "trace_unit_groups",
+    "TracedGroup",
+    "UnitGraph",
 ]

@@ -110,7 +110,22 @@ def carry_optimizer_state(
         added: number of new slices appended after the kept ones (their state starts as the
             optimizer starts a fresh parameter's: zero, Adagrad's initial accumulator, Rprop's lr).
     """
+    source = torch.cat([kept.reshape(-1).cpu(), torch.full((added,), -1, dtype=torch.long)])
+    move_optimizer_state(optimizers, old, new, dim, source)
+
+
+def move_optimizer_state(
+    optimizers: Iterable[torch.optim.Optimizer],
+    old: nn.Parameter,
+    new: nn.Parameter,
+    dim: int,
+    source: torch.Tensor,
+) -> None:
+    """Like :func:`carry_optimizer_state`, for any layout: entry ``i`` of ``new`` along ``dim``
+    comes from entry ``source[i]`` of ``old``, or is new where ``source[i]`` is -1."""
     check_optimizer_state(optimizers, [old])
+    source = source.reshape(-1).long()
+    new_entries = source < 0
     for optimizer in optimizers:
         owner = None
         for group in optimizer.param_groups:
@@ -126,8 +141,15 @@ def carry_optimizer_state(
         carried = {}
         for key, value in state.items():
             if torch.is_tensor(value) and value.dim() > 0:
-                fresh = zeros_along(value, dim, added).fill_(_new_unit_fill(optimizer, owner, key))
-                carried[key] = remap_tensor(value, dim, kept, fresh)
+                index = source.to(value.device)
+                moved = value.index_select(dim, index.clamp(min=0))
+                if bool(new_entries.any()):
+                    shape = [1] * value.dim()
+                    shape[dim] = -1
+                    fill = _new_unit_fill(optimizer, owner, key)
+                    mask = new_entries.to(value.device).reshape(shape)
+                    moved = torch.where(mask, torch.full_like(moved, fill), moved)
+                carried[key] = moved
             else:
                 # Scalars such as Adam's `step` keep counting, so bias correction continues.
                 carried[key] = value
