@@ -215,31 +215,36 @@ class VisionTransformer(nn.Module):
 def hf_bert(tiny: bool = True) -> tuple[nn.Module, dict[str, torch.Tensor]]:
     from transformers import BertConfig, BertForSequenceClassification
 
-    size = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                intermediate_size=64) if tiny else {}
-    config = BertConfig(vocab_size=100, max_position_embeddings=32, num_labels=3, **size)
+    if not tiny:  # bert-base
+        return BertForSequenceClassification(BertConfig()), {"input_ids": _ids(30522, 1, 128)}
+    config = BertConfig(vocab_size=100, max_position_embeddings=32, num_labels=3, hidden_size=32,
+                        num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
     return BertForSequenceClassification(config), {"input_ids": _ids(100)}
 
 
 def hf_gpt2(tiny: bool = True) -> tuple[nn.Module, dict[str, torch.Tensor]]:
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    size = dict(n_embd=32, n_layer=2, n_head=4) if tiny else {}
-    config = GPT2Config(vocab_size=100, n_positions=32, bos_token_id=0, eos_token_id=0, **size)
+    if not tiny:  # gpt2 (124M)
+        return GPT2LMHeadModel(GPT2Config()), {"input_ids": _ids(50257, 1, 128)}
+    config = GPT2Config(vocab_size=100, n_positions=32, bos_token_id=0, eos_token_id=0,
+                        n_embd=32, n_layer=2, n_head=4)
     return GPT2LMHeadModel(config), {"input_ids": _ids(100)}
 
 
 def hf_vit(tiny: bool = True) -> tuple[nn.Module, dict[str, torch.Tensor]]:
     from transformers import ViTConfig, ViTForImageClassification
 
-    size = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                intermediate_size=64) if tiny else {}
-    config = ViTConfig(image_size=16, patch_size=4, num_labels=3, **size)
+    if not tiny:  # vit-base-patch16-224
+        return ViTForImageClassification(ViTConfig(num_labels=1000)), {
+            "pixel_values": _image(224)[:1]}
+    config = ViTConfig(image_size=16, patch_size=4, num_labels=3, hidden_size=32,
+                       num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
     return ViTForImageClassification(config), {"pixel_values": torch.randn(2, 3, 16, 16)}
 
 
-def _ids(vocab: int) -> torch.Tensor:
-    return torch.randint(0, vocab, (2, 8), generator=torch.Generator().manual_seed(0))
+def _ids(vocab: int, batch: int = 2, length: int = 8) -> torch.Tensor:
+    return torch.randint(0, vocab, (batch, length), generator=torch.Generator().manual_seed(0))
 
 
 def _image(size: int) -> torch.Tensor:
@@ -274,4 +279,37 @@ def real_library_model(name: str) -> tuple[nn.Module, Any]:
         import timm
         return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=16,
                                  patch_size=4, depth=2, num_classes=10), _image(16)
+    raise KeyError(name)
+
+
+# name -> the real-size configuration :func:`full_size` builds (recorded with the benchmark).
+FULL_SIZE: dict[str, str] = {
+    "residual-cnn": "ResidualCNN() (width 16, 10 classes), input 1x3x32x32",
+    "resnet18": "ResNet((64, 128, 256, 512), 1000), input 1x3x224x224",
+    "mobilenet_v3_small": "MobileNetV3Small(1000, 1024), input 1x3x224x224",
+    "vit-tiny": "VisionTransformer(224, 16, 192, 12, 3, 4.0, 1000), input 1x3x224x224",
+    "hf-bert": "BertForSequenceClassification(BertConfig()): bert-base (vocab 30522, hidden "
+               "768, 12 layers, 12 heads, FFN 3072, 2 labels); input_ids 1x128",
+    "hf-gpt2": "GPT2LMHeadModel(GPT2Config()): gpt2 124M (vocab 50257, n_embd 768, 12 layers, "
+               "12 heads); input_ids 1x128",
+    "hf-vit": "ViTForImageClassification(ViTConfig(num_labels=1000)): vit-base-patch16-224 "
+              "(hidden 768, 12 layers, 12 heads, FFN 3072); pixel_values 1x3x224x224",
+}
+
+
+def full_size(name: str) -> tuple[nn.Module, Any]:
+    """The real-size configuration of the zoo entry ``name`` (see :data:`FULL_SIZE`), built
+    without any download, with an example input at the size the model is used at."""
+    torch.manual_seed(0)
+    if name == "residual-cnn":
+        return ResidualCNN(), _image(32)[:1]
+    if name == "resnet18":
+        return ResNet((64, 128, 256, 512), 1000), _image(224)[:1]
+    if name == "mobilenet_v3_small":
+        return MobileNetV3Small(1000, 1024), _image(224)[:1]
+    if name == "vit-tiny":
+        return VisionTransformer(224, 16, 192, 12, 3, 4.0, 1000), _image(224)[:1]
+    builders = {"hf-bert": hf_bert, "hf-gpt2": hf_gpt2, "hf-vit": hf_vit}
+    if name in builders:
+        return builders[name](tiny=False)
     raise KeyError(name)

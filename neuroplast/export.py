@@ -25,7 +25,7 @@ import logging
 import os
 import warnings
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -289,7 +289,8 @@ def _select_live_features(model: nn.Module) -> None:
 
 
 def _is_plain(model: nn.Module) -> bool:
-    return all(type(m).__module__.startswith("torch.") for m in model.modules())
+    """Whether the model needs nothing of neuroplast to run (its own classes are the user's)."""
+    return not any(type(m).__module__.startswith("neuroplast.") for m in model.modules())
 
 
 def compact_model(model: nn.Module, select_inputs: bool = True) -> nn.Module:
@@ -335,8 +336,9 @@ def compact_model(model: nn.Module, select_inputs: bool = True) -> nn.Module:
 MeanStd = tuple[list[float], list[float]]
 
 # What an export traces the model with: a batch of real inputs (any dtype: images, table rows,
-# integer token ids), or, where no data is at hand, one example's shape (float32 inputs).
-Example = torch.Tensor | tuple[int, ...]
+# integer token ids), a dict of them for a model called with keywords (``input_ids``), or,
+# where no data is at hand, one example's shape (float32 inputs).
+Example = torch.Tensor | tuple[int, ...] | Mapping[str, torch.Tensor]
 
 FORMATS: tuple[str, ...] = ("pt2", "onnx", "safetensors", "torchscript")
 """Export formats, the default first; ``torchscript`` is legacy (PyTorch deprecates it)."""
@@ -381,20 +383,60 @@ def example_batch(model: nn.Module, example: Example, batch: int = 2) -> torch.T
     return x.to(device)
 
 
+class TensorInputsOutputs(nn.Module):
+    """Calls a model with keyword tensors given positionally (``names`` in order: a language
+    model's ``input_ids``), and returns the tensors of what it returns (a Hugging Face output's
+    fields, in order) as a tuple: the plain interface an exported file has."""
+
+    def __init__(self, model: nn.Module, names: Sequence[str] | None = None) -> None:
+        super().__init__()
+        self.model, self.names = model, list(names) if names else None
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self.names:
+            result = self.model(**dict(zip(self.names, inputs, strict=True)))
+        else:
+            result = self.model(*inputs)
+        return tuple(_output_tensors(result))
+
+
+def _output_tensors(value: Any) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, Mapping):
+        return [t for item in value.values() for t in _output_tensors(item)]
+    if isinstance(value, (tuple, list)):
+        return [t for item in value for t in _output_tensors(item)]
+    return []  # e.g. a language model's key/value cache
+
+
 def _exportable(
     model: nn.Module, example: Example, mean_std: MeanStd | None
-) -> tuple[nn.Module, torch.Tensor]:
-    """The compact model (behind the standardisation, if any) and the batch to trace it with."""
+) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    """The compact model (behind the standardisation, if any) and the inputs to trace it with."""
     compact = compact_model(model)
+    if isinstance(example, Mapping):
+        if mean_std is not None:
+            raise ExportError("input standardisation applies to a model with one input tensor, "
+                              f"not to keyword inputs {list(example)}")
+        names = list(example)
+        inputs = tuple(example_batch(compact, example[name]) for name in names)
+        return TensorInputsOutputs(compact, names).eval(), inputs
     x = example_batch(compact, example)
-    if mean_std is None:
-        return compact, x
-    front = standardisation_layer(*mean_std, input_ndim=x.dim() - 1)
-    return nn.Sequential(front.to(x.device), compact).eval(), x
+    if mean_std is not None:
+        front = standardisation_layer(*mean_std, input_ndim=x.dim() - 1)
+        compact = nn.Sequential(front.to(x.device), compact).eval()
+    with torch.no_grad():
+        plain_output = isinstance(compact(x), torch.Tensor)
+    return (compact if plain_output else TensorInputsOutputs(compact).eval()), (x,)
 
 
-def _dynamic_batch() -> tuple[dict[int, torch.export.Dim]]:
-    return ({0: torch.export.Dim("batch")},)
+def _dynamic_batch(module: nn.Module, count: int = 1) -> tuple:
+    """Every input's first dimension is one dynamic batch size (``*inputs`` of a wrapper are
+    one argument: its spec is one tuple)."""
+    batch = torch.export.Dim("batch")
+    specs = tuple({0: batch} for _ in range(count))
+    return (specs,) if isinstance(module, TensorInputsOutputs) else specs
 
 
 def export_program(
@@ -405,10 +447,11 @@ def export_program(
     ``example`` is a batch of real inputs or one example's shape (see :func:`example_batch`);
     ``mean_std`` (per-channel lists) puts the input standardisation in front of the network.
     """
-    compact, x = _exportable(model, example, mean_std)
+    compact, inputs = _exportable(model, example, mean_std)
     try:
         with torch.no_grad():
-            return torch.export.export(compact, (x,), dynamic_shapes=_dynamic_batch())
+            return torch.export.export(compact, inputs,
+                                       dynamic_shapes=_dynamic_batch(compact, len(inputs)))
     except Exception as error:  # torch.export raises many types; all mean "not exportable"
         raise ExportError(
             f"torch.export could not capture the compact model with a dynamic batch "
@@ -454,14 +497,16 @@ def export_onnx(
                 f"ONNX export needs an extra package ({package}): pip install 'neuroplast[onnx]'"
             ) from error
     path = Path(path)
-    compact, x = _exportable(model, example, mean_std)
+    compact, inputs = _exportable(model, example, mean_std)
+    names = list(example) if isinstance(example, Mapping) else ["input"]
+    single = not isinstance(compact, TensorInputsOutputs)
 
     def write(tmp: str) -> None:
         with _quiet_onnx_exporter(), torch.no_grad():
             torch.onnx.export(
-                compact, (x,), tmp, dynamo=True, external_data=False, verbose=False,
-                input_names=["input"], output_names=["logits"],
-                dynamic_shapes=_dynamic_batch(),
+                compact, inputs, tmp, dynamo=True, external_data=False, verbose=False,
+                input_names=names, output_names=["logits"] if single else None,
+                dynamic_shapes=_dynamic_batch(compact, len(inputs)),
             )
 
     _atomic_save(write, path)

@@ -785,6 +785,8 @@ class UnitGraph:
         self._conv_groups = walker.conv_groups
         self.groups: dict[str, TracedGroup] = {}
         self.blocked: dict[str, str] = {}
+        # Called as f(graph, group) after every resize (gates keep their feature layout here).
+        self.on_resize: list = []
         self._build(walker)
 
     def _build(self, walker: _Walker) -> None:
@@ -822,7 +824,8 @@ class UnitGraph:
                 name = _common_prefix(sorted(writers)) + ":heads"
             elif leaf in summed and len(writers) > 1:
                 # Named by the first tensor that writes it (an embedding, a stem conv).
-                kind, name = "stream", tensors[0].name.rpartition(".")[0] + ":stream"
+                owners = [t.name.rpartition(".")[0] for t in tensors]
+                kind, name = "stream", next((o for o in owners if o), first) + ":stream"
             else:
                 kind, name = "units", first
             while name in self.groups:
@@ -892,6 +895,8 @@ class UnitGraph:
             self._replace(tensor, source, optimizers, generator)
         atoms.leaf_size[leaf] = new_width
         self._sync_attributes(group, attribute_updates)
+        for callback in self.on_resize:
+            callback(self, group)
 
     def _replace(self, tensor: TracedTensor, source: torch.Tensor,
                  optimizers: list[torch.optim.Optimizer],
@@ -927,7 +932,8 @@ class UnitGraph:
             return values.to(old.device)
         module = self.model.get_submodule(tensor.name.rpartition(".")[0])
         one = attr in ("running_var",) or (attr == "weight" and isinstance(module, _NORMS))
-        return torch.full(shape, 1.0 if one else 0.0, dtype=old.dtype, device=old.device)
+        fill = -1 if attr == "unit_id" else 1.0 if one else 0.0  # a gate's: not full-size
+        return torch.full(shape, fill, dtype=old.dtype, device=old.device)
 
     def _attribute_updates(self, leaf: int, new_width: int) -> dict[tuple[str, str], int]:
         """Integer attributes of the modules that reshape these units, old value -> new."""
@@ -1102,7 +1108,7 @@ def _check_groups(graph: UnitGraph) -> None:
         candidates = [name for name, group in graph.groups.items() if group.width > 1]
 
         def works(names: Sequence[str]) -> str | None:
-            trial = _copy(graph)
+            trial = copy_graph(graph)
             try:
                 for name in names:
                     trial.prune(name, range(trial.groups[name].width - 1))
@@ -1124,10 +1130,13 @@ def _check_groups(graph: UnitGraph) -> None:
         model.train(training)
 
 
-def _copy(graph: UnitGraph) -> UnitGraph:
+def copy_graph(graph: UnitGraph) -> UnitGraph:
+    """A graph over a deep copy of the model, resizable without touching the original (its
+    ``on_resize`` callbacks are not copied)."""
     trial = copy.copy(graph)
     trial.model = copy.deepcopy(graph.model)
     trial.atoms = copy.deepcopy(graph.atoms)
-    trial.groups = {name: TracedGroup(g.name, g.kind, g.atom, g.tensors, trial)
+    trial.groups = {name: TracedGroup(g.name, g.kind, g.atom, list(g.tensors), trial)
                     for name, g in graph.groups.items()}
+    trial.on_resize = []
     return trial
