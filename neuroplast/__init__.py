@@ -15,6 +15,7 @@ from .core import (
     UnitGroup,
     UnsupportedLayerError,
     UnsupportedModelError,
+    check_unit_groups,
     count_model,
     count_parameters,
     find_unit_groups,
@@ -44,6 +45,7 @@ from .models import build_model, register_model
 __version__ = "0.1.0"
 
 __all__ = [
+    "check_unit_groups",
     "Checkpoint",
     "CheckpointError",
     "ExportError",

@@ -283,3 +283,59 @@ def test_the_real_library_model_where_it_loads(name):
     graph = trace_unit_groups(model.eval(), example)
     kinds = [group.kind for group in graph.groups.values()]
     assert (len(kinds), kinds.count("stream"), kinds.count("heads")) == EXPECTED[name]
+
+
+@pytest.mark.parametrize("name, shape", [("mlp", (1, 8, 8)), ("lenet5", (1, 28, 28)),
+                                         ("resnet20", (3, 16, 16))])
+def test_traced_groups_agree_with_the_declared_chains(name, shape):
+    """Two independent discoveries of the built-in models' groups: every chain group is a traced
+    group with the same coupled tensors (the trace also finds the ResNet's residual streams,
+    which the chains cannot resize)."""
+    from neuroplast import build_model, find_unit_groups
+
+    model = build_model(name, shape, 10)
+    graph = trace_unit_groups(model, torch.randn(2, *shape))
+    traced = {frozenset((t.name, t.dim) for t in g.tensors): g for g in graph.groups.values()}
+    for layer, group in find_unit_groups(model).items():
+        declared = frozenset(
+            (f"{c.module_name}.{c.tensor_name}" if c.module_name else c.tensor_name, c.dim)
+            for c in group.tensors if getattr(c.module, c.tensor_name, None) is not None)
+        assert declared in traced, (layer, declared)
+        assert traced[declared].width == group.width
+    # ResNet-20's shortcuts pad channels with constant zeros (option A), so the first stage's
+    # stream runs on through the later stages, beside their padded channels, which stay fixed.
+    streams = [g for g in graph.groups.values() if g.kind == "stream"]
+    assert [g.width for g in streams] == ([16] if name == "resnet20" else [])
+
+
+class Norms(nn.Module):
+    """GroupNorm over conv channels (4 groups), RMSNorm and LayerNorm over a Linear's units."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.gn = nn.GroupNorm(4, 8)
+        self.conv2 = nn.Conv2d(8, 4, 1)
+        self.fc = nn.Linear(4, 12)
+        self.rms = nn.RMSNorm(12)
+        self.out = nn.Linear(12, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv2(torch.relu(self.gn(self.conv(x)))).mean(dim=(2, 3))
+        return self.out(torch.relu(self.rms(self.fc(x))))
+
+
+def test_group_norm_keeps_its_groups_and_rms_norm_follows_its_units():
+    torch.manual_seed(0)
+    model = Norms().eval()
+    x = torch.randn(2, 3, 6, 6)
+    graph = trace_unit_groups(model, x)
+    # A GroupNorm's unit is a channel position within every group: 8 channels in 4 groups of 2.
+    assert graph.widths() == {"conv": 2, "conv2": 4, "fc": 12}
+    conv_rows = model.conv.weight.detach().clone()
+    graph.prune("conv", [0])  # not exact: the group's statistics read both of its channels
+    assert model.gn.num_groups == 4 and model.gn.num_channels == 4
+    assert torch.equal(model.conv.weight, conv_rows[[0, 2, 4, 6]])
+    assert model.conv2.weight.shape == (4, 4, 1, 1) and model(x).shape == (2, 2)
+    graph.prune("fc", range(9))
+    assert model.rms.normalized_shape == (9,) and model(x).shape == (2, 2)

@@ -3,6 +3,7 @@
 Nothing here decides *when* or *where* a network changes size; policies do (``methods``).
 """
 
+from .check import check_unit_groups
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from .count import LayerCount, ModelCount, count_model, count_parameters
 from .groups import (
@@ -25,6 +26,7 @@ from .resize import grow_units, prune_units, set_layer_widths, split_units
 from .trace import TracedGroup, UnitGraph, trace_unit_groups
 
 __all__ = [
+    "check_unit_groups",
     "Checkpoint",
     "CheckpointError",
     "CoupledTensor",

@@ -139,10 +139,13 @@ def model_chains(model: nn.Module) -> list[list[tuple[str, nn.Module]]]:
         visit_block("", model)
     elif layer_coupling(model) is None:
         kind = type(model).__name__
+        children = list(model._modules)[:3] or ["layer1", "act", "layer2"]
         raise UnsupportedModelError(
-            f"neuroplast cannot see how units flow through {kind}: build it as nn.Sequential, "
-            f"or declare its chains with neuroplast.register_block({kind}, "
-            "[['fc1', 'act', 'fc2'], ...])"
+            f"neuroplast cannot see how units flow through {kind} without running it: find its "
+            "unit groups from one forward pass with neuroplast.trace_unit_groups(model, "
+            "example_input), build it as nn.Sequential, or declare its chains with "
+            f"neuroplast.register_block({kind}, [{children!r}, ...]) (children in the order "
+            "the units flow through them)"
         )
     return chains
 

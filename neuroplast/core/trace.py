@@ -265,7 +265,7 @@ _REDUCE = {"mean", "sum", "amax", "amin", "var", "std", "max", "min", "logsumexp
 _POOL = {"adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "avg_pool1d",
          "avg_pool2d", "avg_pool3d", "max_pool1d", "max_pool2d", "max_pool3d",
          "max_pool2d_with_indices", "adaptive_max_pool2d", "upsample_nearest2d",
-         "upsample_bilinear2d", "pad", "constant_pad_nd", "reflection_pad2d", "replication_pad2d"}
+         "upsample_bilinear2d"}
 _IGNORED = {"_assert_tensor_metadata", "_assert_scalar", "sym_size", "sym_numel", "_assert_async",
             "scalar_tensor", "arange", "full", "zeros", "ones", "empty", "zeros_like",
             "ones_like", "full_like", "empty_like", "rand", "randn", "tensor", "scalar"}
@@ -719,6 +719,34 @@ class _Walker:
     def op_flatten(self, node: Any, where: str) -> None:
         self.reshape(node, where)
 
+    def op_constant_pad_nd(self, node: Any, where: str) -> None:
+        """Padding a dimension makes it a sum: fixed zeros before, the input, fixed zeros after
+        (a ResNet's option-A shortcut pads its channels)."""
+        dims, out = self.of(node.args[0]), self.first(node)
+        pad = list(node.args[1])
+        atoms = self.atoms
+        for i, (a, b) in enumerate(zip(out, dims, strict=True)):
+            from_end = len(dims) - 1 - i
+            before, after = (pad[2 * from_end], pad[2 * from_end + 1]) if (
+                2 * from_end + 1 < len(pad)) else (0, 0)
+            if before == after == 0:
+                atoms.unify(a, b, where)
+                continue
+            parts = []
+            for size in (before, after):
+                part = atoms.new(size) if size > 0 else None
+                if part is not None:
+                    atoms.fix(part, f"{where} adds these entries")
+                parts.append(part)
+            if before < 0 or after < 0:
+                atoms.fix_tree(a, f"{where} crops it")
+                atoms.fix_tree(b, f"{where} crops it")
+                continue
+            summed = [p for p in (parts[0], b, parts[1]) if p is not None]
+            atoms.unify(a, atoms.compose("sum", summed), where)
+
+    op_pad = op_reflection_pad1d = op_reflection_pad2d = op_replication_pad2d = op_constant_pad_nd
+
     def op_index_select(self, node: Any, where: str) -> None:
         dims, out = self.of(node.args[0]), self.dims[node]
         axis = node.args[1] % len(dims)
@@ -833,9 +861,12 @@ class UnitGraph:
             self.groups[name] = TracedGroup(name, kind, leaf, tensors, self)
 
     def _inner(self, tensor: TracedTensor, leaf: int) -> int:
+        """How many consecutive entries one unit owns along the tensor's dimension (a head's
+        ``head_dim`` rows; 1 for a plain unit, and for a GroupNorm's channel in every group)."""
         units, _, _ = self.atoms.positions(tensor.atom, leaf, self.atoms.leaf_size[leaf])
         where = torch.nonzero(units == 0).reshape(-1)
-        return int(where.numel())
+        steps = torch.diff(where)
+        return int(steps.ne(1).nonzero()[0]) + 1 if bool(steps.ne(1).any()) else where.numel()
 
     def widths(self) -> dict[str, int]:
         """Current number of units of every group."""

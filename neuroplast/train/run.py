@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..core.check import check_unit_groups
 from ..core.checkpoint import write_atomic
 from ..data import DataSplits, load_dataset
 from ..distributed import DistributedContext
@@ -156,6 +157,7 @@ def _build(
     if data is None:
         data = _load_data(config)
     model = build_model(config.model, data.input_shape, data.num_classes, **options)
+    check_unit_groups(model, data.x_train[:2])  # a wrong register_block fails here, not later
     method = build_method(config.method, config.method_options)
     trainer = Trainer(model, data, method, config.train, run_dir=config.run_dir(),
                       callbacks=callbacks, distributed=distributed)
