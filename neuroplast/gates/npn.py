@@ -10,7 +10,9 @@ elsewhere. ``k`` moves the gate between two classic regimes:
 * ``k = 0``: ``pi = 0.5`` for every unit, i.e. dropout with rate 0.5, and ``phi`` is untouched.
 
 :func:`arm_loss` runs the two forward passes of ARM (Yin & Zhou) that share the same uniform
-draws and writes the unbiased gradient of the expected loss into every ``phi.grad``.
+draws and returns the loss with a zero-valued term whose gradient for every ``phi`` is ARM's
+unbiased estimate, so loss scaling, gradient accumulation, AMP's ``GradScaler`` and clipping act
+on it as on every other gradient.
 :func:`compact_npn` turns a gated model into a plain one with identical test-time predictions.
 """
 
@@ -298,17 +300,17 @@ def arm_loss(
     targets: torch.Tensor,
     loss_fn: Callable[..., torch.Tensor] = F.cross_entropy,
     draw_rows: tuple[int, torch.Tensor] | None = None,
-    gradient_scale: float = 1.0,
     share_prefix: bool = True,
     antithetic_delta: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The data loss of one training batch, with the ARM gradient of every gate's ``phi``.
 
     Draws ``u`` once per gate, runs the main pass with ``z2 = 1[u < pi]`` (with autograd) and
-    the antithetic pass with ``z1 = 1[u > 1 - pi]`` (without), and adds
-    ``k * (loss(z1) - loss(z2)) * (u - 1/2)`` to each stochastic gate's ``phi.grad``. Call it
-    after ``optimizer.zero_grad()``; the returned loss's ``backward()`` then adds the weights'
-    gradients (and, if you add it, the penalty's gradient for ``phi``).
+    the antithetic pass with ``z1 = 1[u > 1 - pi]`` (without). The returned loss is the main
+    pass's, plus :func:`gradient_term` of ``k * (loss(z1) - loss(z2)) * (u - 1/2)`` for each
+    stochastic gate: its value is 0 and its gradient for ``phi`` is that estimate. So
+    ``loss.backward()`` gives the weights their gradients and every ``phi`` ARM's, and scaling
+    the loss (accumulation, ``GradScaler``) scales both alike.
 
     Both passes see the same computation except for the gates: BatchNorm normalizes each pass
     by its own batch statistics (the training-mode function whose expectation ARM estimates)
@@ -323,8 +325,7 @@ def arm_loss(
 
     For data-parallel training, where ``inputs`` are some rows of a larger batch:
     ``draw_rows = (global batch size, rows)`` makes per-example draws for the whole batch and
-    keeps these rows, so every process draws what one process on the whole batch would; and
-    ``gradient_scale`` weights this process's ARM term like its loss (its share of the batch).
+    keeps these rows, so every process draws what one process on the whole batch would.
 
     The layers before the first random gate compute the same thing in both passes: for an
     ``nn.Sequential`` model they run once and the antithetic pass starts from their output
@@ -382,6 +383,7 @@ def arm_loss(
     main_detached = main.detach()
     batch_difference = other.mean() - main_detached.mean()
     coupled = _couples_examples(model)
+    estimates = []
     for gate in learning:
         u = draws[gate] - 0.5
         if u.dim() == gate.phi.dim():  # one draw shared by the batch
@@ -391,12 +393,25 @@ def arm_loss(
         else:
             difference = (other - main_detached).reshape(batch, *([1] * gate.phi.dim()))
             grad = (difference * u).mean(0)
-        grad = gate.k * gradient_scale * grad
-        if gate.phi.grad is None:
-            gate.phi.grad = grad
-        else:
-            gate.phi.grad += grad
-    return main.mean(), logits
+        estimates.append((gate.phi, gate.k * grad))
+    return main.mean() + gradient_term(estimates), logits
+
+
+def gradient_term(estimates: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """A zero-valued term whose gradient for each parameter is the given estimate.
+
+    ``sum(g * p) - sum(g * p).detach()`` with ``g`` detached: added to a loss it leaves the
+    value alone and puts ``g`` into ``p``'s gradient through autograd, scaled with the loss.
+    This is how an estimator that is not the derivative of a computed value (ARM's) or a
+    derivative written in closed form (the L0 term's) reaches ``phi``.
+    """
+    total = None
+    for parameter, estimate in estimates:
+        term = (estimate.detach().to(parameter.dtype) * parameter).sum()
+        total = term if total is None else total + term
+    if total is None:
+        return torch.zeros(())
+    return total - total.detach()
 
 
 def _delta_layer(rest: Sequence[nn.Module], draws: dict[NPNGate, torch.Tensor]) -> bool:

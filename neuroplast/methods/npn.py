@@ -29,7 +29,7 @@ from torch import nn
 from ..core.groups import find_unit_groups
 from ..core.resize import expand_unit_indices, grow_units, prune_units
 from ..gates.attach import GatedLayer, attach_npn_gates
-from ..gates.npn import INF, NPNGate, arm_loss, check_k, compact_npn
+from ..gates.npn import INF, NPNGate, arm_loss, check_k, compact_npn, gradient_term
 from ..train.callbacks import Method
 
 if TYPE_CHECKING:
@@ -323,7 +323,8 @@ class NPN(Method):
     def training_loss(
         self, trainer: Trainer, inputs: torch.Tensor, targets: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cross-entropy of the main pass + penalty; ``phi.grad`` already holds the ARM term."""
+        """Cross-entropy of the main pass + penalty, with ARM's and the L0 term's gradients for
+        ``phi`` as zero-valued autograd terms (:func:`~neuroplast.gates.npn.gradient_term`)."""
         if not self._layers:
             raise RuntimeError("NPN.prepare_model must run before training")
         gates = [layer.gate for layer in self._layers]
@@ -331,21 +332,20 @@ class NPN(Method):
             self._gate_optimizer.zero_grad(set_to_none=True)  # the run's optimizer does not
         # A hand-written loop without data parallelism may pass any object with a ``model``.
         loss, logits = arm_loss(getattr(trainer, "train_model", trainer.model), gates, inputs,
-                                targets, draw_rows=getattr(trainer, "batch_rows", None),
-                                gradient_scale=getattr(trainer, "loss_scale", 1.0))
-        scale = getattr(trainer, "loss_scale", 1.0)
-        return loss + self._penalty_with_l0_gradient(scale), logits
+                                targets, draw_rows=getattr(trainer, "batch_rows", None))
+        return loss + self._penalty_with_l0_gradient(), logits
 
-    def _penalty_with_l0_gradient(self, scale: float) -> torch.Tensor:
-        """:meth:`penalty`, with the L0 term's gradient written into ``phi.grad`` directly.
+    def _penalty_with_l0_gradient(self) -> torch.Tensor:
+        """:meth:`penalty`, the L0 term's gradient given in closed form.
 
-        ``d/dphi lambda * w * sum sigmoid(k phi) = lambda * w * k * pi (1 - pi)`` in closed
-        form spares a dozen autograd nodes per step (a tenth of a LeNet-300-100 step); the
-        gate-weighted L2 term, whose gradient goes to the weights, stays in autograd.
-        ``scale`` weights it like the data loss (``trainer.loss_scale`` under DDP).
+        ``d/dphi lambda * w * sum sigmoid(k phi) = lambda * w * k * pi (1 - pi)`` as a
+        :func:`~neuroplast.gates.npn.gradient_term` spares a dozen autograd nodes per step (a
+        tenth of a LeNet-300-100 step); the gate-weighted L2 term, whose gradient goes to the
+        weights, stays in autograd.
         """
         total = self._layers[0].gate.phi.new_zeros(())
-        l0 = self._layers[0].gate.phi.new_zeros(())  # a value only: its gradient is written
+        l0 = self._layers[0].gate.phi.new_zeros(())  # its value; the gradient is given below
+        estimates = []
         for layer, lam in zip(self._layers, self._prices(), strict=True):
             gate = layer.gate
             if lam:
@@ -353,17 +353,15 @@ class NPN(Method):
                     pi = gate.probability()
                     l0 += lam * layer.weights_per_gate * pi.sum()
                     if gate.stochastic and gate.k > 0 and gate.phi.requires_grad:
-                        grad = (lam * layer.weights_per_gate * gate.k * scale) * pi * (1 - pi)
-                        if gate.phi.grad is None:
-                            gate.phi.grad = grad
-                        else:
-                            gate.phi.grad += grad
+                        estimates.append(
+                            (gate.phi, (lam * layer.weights_per_gate * gate.k) * pi * (1 - pi)))
             if self.l2:
                 total = total + self.l2 * layer.gated_l2()
-        return total + l0
+        return total + l0 + gradient_term(estimates)
 
     def manual_gradient_parameters(self, model: nn.Module) -> list[nn.Parameter]:
-        """Every gate's ``phi``: ARM writes its data gradient outside autograd."""
+        """Every gate's ``phi``: its gradient comes from terms outside the forward pass (ARM's,
+        the L0 term's), which DDP's reducer does not see; the trainer averages it."""
         return [self._gate(model, layer).phi for layer in self._layers]
 
     # ----------------------------------------------------------------- callbacks
