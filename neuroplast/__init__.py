@@ -44,7 +44,17 @@ from .models import build_model, register_model
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    # The training loop (and with it tqdm, the data loaders) loads only when it is used.
+    if name == "SelfSizing":
+        from .sizing import SelfSizing
+
+        return SelfSizing
+    raise AttributeError(f"module 'neuroplast' has no attribute '{name}'")
+
 __all__ = [
+    "SelfSizing",
     "check_unit_groups",
     "Checkpoint",
     "CheckpointError",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from ..train.callbacks import Method
+from ..policy import Method
 from .fixed import FixedWidth
 from .l0hc import L0HardConcrete
 from .metanet import MetaNet

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..train.callbacks import Method
+from ..policy import Method
 
 
 @dataclass

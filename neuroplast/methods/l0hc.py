@@ -24,10 +24,10 @@ from torch import nn
 from ..gates.attach import GatedLayer, attach_npn_gates
 from ..gates.hard_concrete import BETA, HardConcreteGate
 from ..gates.npn import compact_npn
-from ..train.callbacks import Method, option
+from ..policy import Method, option
 
 if TYPE_CHECKING:
-    from ..train.loop import Trainer
+    from ..policy import Context
 
 
 @dataclass
@@ -90,7 +90,7 @@ class L0HardConcrete(Method):
         return [{"params": [p for p in model.parameters() if id(p) not in ids]},
                 {"params": gates, "weight_decay": 0.0, "lr": self.gate_lr or lr}]
 
-    def penalty(self, trainer: Trainer | None = None) -> torch.Tensor:
+    def penalty(self, trainer: Context | None = None) -> torch.Tensor:
         """``sum_l lambda_l * expected active weights_l + l2 * gate-weighted L2_l``."""
         lambdas = self.lambdas * len(self._layers) if len(self.lambdas) == 1 else self.lambdas
         total = self._layers[0].gate.phi.new_zeros(())
@@ -117,7 +117,7 @@ class L0HardConcrete(Method):
         """The plain compact network: dead units removed, gate scales folded."""
         return compact_npn(model, select_inputs=select_inputs)
 
-    def metrics(self, trainer: Trainer) -> dict[str, float]:
+    def metrics(self, trainer: Context) -> dict[str, float]:
         with torch.no_grad():
             expected = sum(float(layer.expected_l0()) for layer in self._layers)
             return {"expected_active_weights": expected, "penalty": float(self.penalty())}

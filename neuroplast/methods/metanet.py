@@ -62,7 +62,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..core.groups import select_unit_groups
-from ..train.callbacks import Method, option
+from ..policy import Method, option
 from .expression import (
     ExpressionMonitor,
     UnitStats,
@@ -83,7 +83,7 @@ from .proliferation import (
 from .width_search import SEARCH_SHARE, WidthSearch
 
 if TYPE_CHECKING:
-    from ..train.loop import Trainer
+    from ..policy import Context
 
 STRATEGIES = ("search", "metabolism")
 PROLIFERATIONS = ("division", "random", "gradient", "splitting", "none")
@@ -343,7 +343,7 @@ class MetaNet(Method):
         self._resolve_layers(model)
         return model
 
-    def on_train_begin(self, trainer: Trainer) -> None:
+    def on_train_begin(self, trainer: Context) -> None:
         self._layers = self._resolve_layers(trainer.model)
         if self._search is not None:
             self._search.begin(trainer, self._layers)
@@ -362,22 +362,22 @@ class MetaNet(Method):
         if self._phase == "done":
             trainer.stop_training = True
 
-    def on_train_end(self, trainer: Trainer) -> None:
+    def on_train_end(self, trainer: Context) -> None:
         self._monitor.detach()
 
-    def on_epoch_begin(self, trainer: Trainer, epoch: int) -> None:
+    def on_epoch_begin(self, trainer: Context, epoch: int) -> None:
         if self._search is not None:
             return
         self._epoch_births = self._epoch_deaths = 0
         # Statistics describe the network autophagy acts on, so only the cycle's last epoch.
         self._monitor.active = self._phase == "metabolism" and self._cycle_ends(trainer, epoch)
 
-    def _cycle_ends(self, trainer: Trainer, epoch: int) -> bool:
+    def _cycle_ends(self, trainer: Context, epoch: int) -> bool:
         # No event on the budget's last epoch: the logged metrics would describe another net.
         last = trainer.config.epochs - max(self.finetune_epochs, 1)
         return epoch % self.cycle_epochs == 0 and epoch <= last
 
-    def on_epoch_end(self, trainer: Trainer, epoch: int) -> None:
+    def on_epoch_end(self, trainer: Context, epoch: int) -> None:
         if self._search is not None:
             self._search.epoch_end(trainer, epoch)
             return
@@ -411,7 +411,7 @@ class MetaNet(Method):
     def _width(self, layer: str) -> int:
         return self._units[layer]["age"].numel()
 
-    def _end_cycle(self, trainer: Trainer, epoch: int) -> None:
+    def _end_cycle(self, trainer: Context, epoch: int) -> None:
         self._cycle += 1
         generator = torch.Generator().manual_seed(trainer.config.seed * 1_000_003 + epoch)
         metrics = trainer.last_metrics
@@ -495,7 +495,7 @@ class MetaNet(Method):
             self._best_val = val_loss
         self._last_train = train_loss
 
-    def _settle_growth(self, trainer: Trainer, val_loss: float, noise: float,
+    def _settle_growth(self, trainer: Context, val_loss: float, noise: float,
                        error: float, size: int) -> None:
         """Judge the pending growth. With ``payoff="loss"`` it pays off when, within
         ``stable_cycles`` cycles, the validation loss beats the best before it by
@@ -545,7 +545,7 @@ class MetaNet(Method):
             noise = self.thinning_significance * math.sqrt(level * (1 - level) / size)
         return max(self.thinning_cost * reference, noise)
 
-    def _validation_error(self, trainer: Trainer, val_loss: float) -> tuple[float, int]:
+    def _validation_error(self, trainer: Context, val_loss: float) -> tuple[float, int]:
         """Thinning's signal: the validation error and the number of examples it is measured
         on, or the validation loss and 0 when no accuracy is logged.
 
@@ -559,7 +559,7 @@ class MetaNet(Method):
             return val_loss, 0
         return 1.0 - accuracy, size
 
-    def _settle_thinning(self, trainer: Trainer, error: float, size: int,
+    def _settle_thinning(self, trainer: Context, error: float, size: int,
                          loss_noise: float) -> None:
         """Judge the pending thinning once ``stable_cycles`` cycles have passed: kept when
         their mean validation error is within ``thinning_cost`` (relative) or
@@ -592,7 +592,7 @@ class MetaNet(Method):
         trainer.log_event("metanet: the last thinning cost too much; it is undone, and "
                           "thinning and proliferation end")
 
-    def _cycles_left(self, trainer: Trainer, epoch: int) -> int:
+    def _cycles_left(self, trainer: Context, epoch: int) -> int:
         """Cycle ends still to come before the budget's fixed-width epochs."""
         last = trainer.config.epochs - max(self.finetune_epochs, 1)
         return max(last - epoch, 0) // self.cycle_epochs
@@ -612,7 +612,7 @@ class MetaNet(Method):
         return self._growth_exhausted
 
     def _thin(
-        self, trainer: Trainer, layer: str, scores: dict[str, torch.Tensor], cycle_width: int
+        self, trainer: Context, layer: str, scores: dict[str, torch.Tensor], cycle_width: int
     ) -> int:
         """Remove ``layer``'s least-expressed neurons until the cycle, autophagy included, has
         taken the ``thinning`` fraction of the ``cycle_width`` it began with.
@@ -630,7 +630,7 @@ class MetaNet(Method):
         return n
 
     def _regrow_thinned(
-        self, trainer: Trainer, scores: dict[str, torch.Tensor], generator: torch.Generator
+        self, trainer: Context, scores: dict[str, torch.Tensor], generator: torch.Generator
     ) -> bool:
         """Give back, by division of the most expressed neurons, what a failed thinning took."""
         regrown = False
@@ -685,7 +685,7 @@ class MetaNet(Method):
                 and self._since_improvement >= self.stable_cycles)
 
     def _autophagy(
-        self, trainer: Trainer, layer: str, stats: UnitStats, scores: dict[str, torch.Tensor]
+        self, trainer: Context, layer: str, stats: UnitStats, scores: dict[str, torch.Tensor]
     ) -> bool:
         units = self._units[layer]
         low = under_expressed(scores[layer], stats.zero_fraction(),
@@ -703,7 +703,7 @@ class MetaNet(Method):
         return True
 
     def _remove(
-        self, trainer: Trainer, layer: str, remove: torch.Tensor,
+        self, trainer: Context, layer: str, remove: torch.Tensor,
         scores: dict[str, torch.Tensor], reason: str,
     ) -> None:
         """Remove units of ``layer`` (their mean output folded into the next bias)."""
@@ -722,7 +722,7 @@ class MetaNet(Method):
         trainer.log_event(f"{reason}: {layer} -{remove.numel()} to {group.width}")
 
     def _proliferate(
-        self, trainer: Trainer, layer: str, scores: torch.Tensor | None,
+        self, trainer: Context, layer: str, scores: torch.Tensor | None,
         generator: torch.Generator,
     ) -> bool:
         width = self._width(layer)
@@ -772,7 +772,7 @@ class MetaNet(Method):
         self._epoch_births += n
 
     def _sample(
-        self, trainer: Trainer, generator: torch.Generator
+        self, trainer: Context, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``gradient_samples`` training examples, drawn from the cycle's generator."""
         data = trainer.data
@@ -781,7 +781,7 @@ class MetaNet(Method):
         return data.x_train[index], data.y_train[index]
 
     # ------------------------------------------------------------------ reporting and state
-    def metrics(self, trainer: Trainer) -> dict[str, float]:
+    def metrics(self, trainer: Context) -> dict[str, float]:
         if self._search is not None:
             return self._search.metrics()
         return {

@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..core.groups import find_unit_groups, select_unit_groups
-from ..train.callbacks import Method, option
+from ..policy import Method, option
 
 if TYPE_CHECKING:
-    from ..train.loop import Trainer
+    from ..policy import Context
 
 
 
@@ -46,7 +46,7 @@ class Net2Net(Method):
         select_unit_groups(model, self.layers, "--net2net-layers")
         return model
 
-    def on_epoch_end(self, trainer: Trainer, epoch: int) -> None:
+    def on_epoch_end(self, trainer: Context, epoch: int) -> None:
         if self._done >= self.events or epoch % self.every != 0 or epoch >= trainer.config.epochs:
             return
         groups = select_unit_groups(trainer.model, self.layers, "--net2net-layers")

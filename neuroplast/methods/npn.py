@@ -30,10 +30,10 @@ from ..core.groups import find_unit_groups
 from ..core.resize import expand_unit_indices, grow_units, prune_units
 from ..gates.attach import GatedLayer, attach_npn_gates
 from ..gates.npn import INF, NPNGate, arm_loss, check_k, compact_npn, gradient_term
-from ..train.callbacks import Method
+from ..policy import Method
 
 if TYPE_CHECKING:
-    from ..train.loop import Trainer
+    from ..policy import Context
 
 MODES = ("prune", "expand")
 # The adaptive price's steps: up by half while validation holds, halved when it falls (the
@@ -288,11 +288,11 @@ class NPN(Method):
         return [{"params": weights},
                 {"params": phis, "lr": self.gate_lr or lr, "weight_decay": 0.0}]
 
-    def _optimizers(self, trainer: Trainer) -> list[torch.optim.Optimizer]:
+    def _optimizers(self, trainer: Context) -> list[torch.optim.Optimizer]:
         extra = [self._gate_optimizer] if self._gate_optimizer is not None else []
         return [trainer.optimizer, *extra]
 
-    def _start_gate_optimizer(self, trainer: Trainer) -> None:
+    def _start_gate_optimizer(self, trainer: Context) -> None:
         if self._gate_optimizer is not None and self._gate_optimizer_state is None:
             return  # already running over the current phi
         phis = [layer.gate.phi for layer in self._layers]
@@ -310,7 +310,7 @@ class NPN(Method):
         """Each gated layer's lambda now: the given ones times the adaptive scale."""
         return [lam * self._price_scale for lam in self._per_layer(self.lambdas)]
 
-    def penalty(self, trainer: Trainer | None = None) -> torch.Tensor:
+    def penalty(self, trainer: Context | None = None) -> torch.Tensor:
         """``sum_l lambda_l * expected_l0_l + l2 * gated_l2_l`` at the current k."""
         total = self._layers[0].gate.phi.new_zeros(())
         for layer, lam in zip(self._layers, self._prices(), strict=True):
@@ -321,7 +321,7 @@ class NPN(Method):
         return total
 
     def training_loss(
-        self, trainer: Trainer, inputs: torch.Tensor, targets: torch.Tensor
+        self, trainer: Context, inputs: torch.Tensor, targets: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Cross-entropy of the main pass + penalty, with ARM's and the L0 term's gradients for
         ``phi`` as zero-valued autograd terms (:func:`~neuroplast.gates.npn.gradient_term`)."""
@@ -365,7 +365,7 @@ class NPN(Method):
         return [self._gate(model, layer).phi for layer in self._layers]
 
     # ----------------------------------------------------------------- callbacks
-    def on_train_begin(self, trainer: Trainer) -> None:
+    def on_train_begin(self, trainer: Context) -> None:
         self._logged_widths = self.live_widths(trainer.model)
         self._epochs = trainer.config.epochs
         self._schedule = self.schedule(self._epochs)
@@ -377,7 +377,7 @@ class NPN(Method):
         if self.gate_optimizer == "adam":
             self._start_gate_optimizer(trainer)
 
-    def on_epoch_begin(self, trainer: Trainer, epoch: int) -> None:
+    def on_epoch_begin(self, trainer: Context, epoch: int) -> None:
         self.set_k(self.k_at(epoch))
         if self._gate_optimizer is not None:
             # Follow the run's learning-rate schedule, as one shared optimizer would.
@@ -385,11 +385,11 @@ class NPN(Method):
             for group in self._gate_optimizer.param_groups:
                 group["lr"] = (self.gate_lr or trainer.config.lr) * decay
 
-    def after_backward(self, trainer: Trainer) -> None:
+    def after_backward(self, trainer: Context) -> None:
         if self._gate_optimizer is not None:
             self._gate_optimizer.step()
 
-    def on_batch_end(self, trainer: Trainer, loss: torch.Tensor) -> None:
+    def on_batch_end(self, trainer: Context, loss: torch.Tensor) -> None:
         if not self.adaptive or math.isinf(self._k_now) or self._k_now == 0:
             return
         # Keep k * phi at most init_logit: a gate that ARM's noise pushed into the sigmoid's
@@ -399,7 +399,7 @@ class NPN(Method):
             for layer in self._layers:
                 layer.gate.phi.clamp_(max=ceiling)
 
-    def on_epoch_end(self, trainer: Trainer, epoch: int) -> None:
+    def on_epoch_end(self, trainer: Context, epoch: int) -> None:
         plastic = not math.isinf(self._k_now)
         if self.mode == "expand" and plastic:
             with torch.no_grad():
@@ -414,7 +414,7 @@ class NPN(Method):
             self._remove_dead(trainer, self._k_now if last else self.k_at(epoch + 1))
         self._log_width_changes(trainer)
 
-    def _adapt_price(self, trainer: Trainer, plastic: bool) -> None:
+    def _adapt_price(self, trainer: Context, plastic: bool) -> None:
         """Raise the price while the network keeps the best validation accuracy, halve it when
         it loses it: the gates head for the smallest network within noise of the best.
 
@@ -435,7 +435,7 @@ class NPN(Method):
         elif accuracy < best - 2 * tolerance:  # between the two: hold the price
             self._price_scale *= PRICE_DOWN
 
-    def _log_width_changes(self, trainer: Trainer) -> None:
+    def _log_width_changes(self, trainer: Context) -> None:
         """Say which gated layers closed or opened units this epoch (a report's events)."""
         widths = self.live_widths(trainer.model)
         for layer in self._layers:
@@ -452,7 +452,7 @@ class NPN(Method):
                 "to output)")
 
     # ----------------------------------------------------------------- expansion
-    def _expand(self, trainer: Trainer) -> None:
+    def _expand(self, trainer: Context) -> None:
         """Wake hibernating units after an improving epoch.
 
         ``growth = 0`` is the reference's rule: a layer wakes one unit, and only while every
@@ -480,7 +480,7 @@ class NPN(Method):
     def _nominal_size(self, layer: GatedLayer) -> int:
         return layer.gate.nominal_width * math.prod(layer.gate.phi.shape[1:])
 
-    def _wake(self, trainer: Trainer, layer: GatedLayer, index: int, value: float) -> None:
+    def _wake(self, trainer: Context, layer: GatedLayer, index: int, value: float) -> None:
         gate = layer.gate
         group_name = next((g for g, owner in self._owners.items() if owner == layer.name), None)
         physical = self.implementation == "physical"
@@ -515,7 +515,7 @@ class NPN(Method):
         return layer.gate.unit_id.cpu().clone()
 
     def _grow_unit(
-        self, trainer: Trainer, group_name: str, layer: GatedLayer, index: int, value: float
+        self, trainer: Context, group_name: str, layer: GatedLayer, index: int, value: float
     ) -> None:
         """Materialize full-size unit ``index``: the weights it has in the full-size network."""
         groups = find_unit_groups(trainer.model)
@@ -551,7 +551,7 @@ class NPN(Method):
         trainer.log_event(f"grew {group_name} by 1 to {group.width}")
         trainer.log_event(f"woke {layer.name} unit {index}")
 
-    def _remove_dead(self, trainer: Trainer, k: float) -> None:
+    def _remove_dead(self, trainer: Context, k: float) -> None:
         """Physically remove units whose gate is (practically) off at the coming ``k``."""
         for group_name, layer_name in self._owners.items():
             layer = next(layer for layer in self._layers if layer.name == layer_name)
@@ -578,7 +578,7 @@ class NPN(Method):
         """The plain compact network the gated model is at test time."""
         return compact_npn(model, select_inputs=select_inputs)
 
-    def metrics(self, trainer: Trainer) -> dict[str, float]:
+    def metrics(self, trainer: Context) -> dict[str, float]:
         """k, the expected active weights, the penalty and the compact model's nonzero weights."""
         # Zero columns count no nonzero weights, so skip the input selection and its trace.
         compact = self.live_model(trainer.model, select_inputs=False)

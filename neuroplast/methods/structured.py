@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..core.groups import UnitGroup, select_unit_groups
-from ..train.callbacks import Method, option
+from ..policy import Method, option
 
 if TYPE_CHECKING:
-    from ..train.loop import Trainer
+    from ..policy import Context
 
 
 
@@ -47,10 +47,10 @@ class StructuredPruning(Method):
                              f"--{self.name}-start-epoch ({self.start_epoch})")
         self._initial: dict[str, int] = {}
 
-    def _targets(self, trainer: Trainer) -> dict[str, UnitGroup]:
+    def _targets(self, trainer: Context) -> dict[str, UnitGroup]:
         return select_unit_groups(trainer.model, self.layers, f"--{self.name}-layers")
 
-    def on_train_begin(self, trainer: Trainer) -> None:
+    def on_train_begin(self, trainer: Context) -> None:
         if self.start_epoch > trainer.config.epochs:
             raise ValueError(f"--{self.name}-start-epoch {self.start_epoch} is after the run's "
                              f"last epoch ({trainer.config.epochs}): nothing would be pruned")
@@ -67,7 +67,7 @@ class StructuredPruning(Method):
         progress = (epoch - self.start_epoch + 1) / (end - self.start_epoch + 1)
         return self.keep + (1 - self.keep) * (1 - progress) ** 3
 
-    def on_epoch_end(self, trainer: Trainer, epoch: int) -> None:
+    def on_epoch_end(self, trainer: Context, epoch: int) -> None:
         end = self.end_epoch or max(self.start_epoch, trainer.config.epochs // 2)
         if not self.start_epoch <= epoch <= end:
             return
@@ -80,7 +80,7 @@ class StructuredPruning(Method):
             keep = torch.topk(scores, target).indices.sort().values
             trainer.prune(name, keep)
 
-    def scores(self, trainer: Trainer, group: UnitGroup) -> torch.Tensor:
+    def scores(self, trainer: Context, group: UnitGroup) -> torch.Tensor:
         """One score per unit of ``group``; the highest ``target`` units are kept."""
         raise NotImplementedError
 
@@ -98,7 +98,7 @@ class MagnitudePruning(StructuredPruning):
     name = "magnitude"
     description = "structured pruning of the smallest-norm units, then fine-tuning"
 
-    def scores(self, trainer: Trainer, group: UnitGroup) -> torch.Tensor:
+    def scores(self, trainer: Context, group: UnitGroup) -> torch.Tensor:
         norms = torch.zeros(group.width)
         for coupled in group.per_role("produces"):
             tensor = getattr(coupled.module, coupled.tensor_name)
@@ -117,7 +117,7 @@ class APoZPruning(StructuredPruning):
     samples: int = option(2000, "validation examples the zero rate is measured on")
 
     @torch.no_grad()
-    def scores(self, trainer: Trainer, group: UnitGroup) -> torch.Tensor:
+    def scores(self, trainer: Context, group: UnitGroup) -> torch.Tensor:
         # The unit's output as the consumer sees it: after the last layer on the path.
         watched = group.path[-1][1] if group.path else group.producer
         nonzero = torch.zeros(group.width)

@@ -70,7 +70,7 @@ from .expression import dense_group, feature_module
 from .proliferation import warm_second_moments
 
 if TYPE_CHECKING:
-    from ..train.loop import Trainer
+    from ..policy import Context
 
 TOLERANCE_POINTS = 0.005  # the least tolerance: 0.5 points of accuracy, as the panel's
 BISECT_RATIO = 1.5  # bisect while the bracket is wider: one step after a halving that cost
@@ -199,7 +199,7 @@ class WidthSearch:
         self.copies: dict[int, dict[str, torch.Tensor]] = {}  # width -> model state (CPU)
         self.searching = True
 
-    def begin(self, trainer: Trainer, layers: list[str]) -> None:
+    def begin(self, trainer: Context, layers: list[str]) -> None:
         """Before training (also on resume, which keeps the starts and the rungs)."""
         self.layers = layers
         if not self.starts:
@@ -212,7 +212,7 @@ class WidthSearch:
         """The last epoch the search may use."""
         return max(1, math.floor(self.share * epochs))
 
-    def epoch_end(self, trainer: Trainer, epoch: int) -> None:
+    def epoch_end(self, trainer: Context, epoch: int) -> None:
         if not self.searching:
             return
         ladder = self.ladder
@@ -274,7 +274,7 @@ class WidthSearch:
                 return False
         return True
 
-    def _width(self, trainer: Trainer) -> int:
+    def _width(self, trainer: Context) -> int:
         return dense_group(trainer.model, self.layers[0]).width
 
     def _targets(self, width: int) -> dict[str, int]:
@@ -283,7 +283,7 @@ class WidthSearch:
         return {layer: min(self.max_width, max(self.min_width, round(start * scale)))
                 for layer, start in self.starts.items()}
 
-    def _resize(self, trainer: Trainer, width: int, epoch: int) -> None:
+    def _resize(self, trainer: Context, width: int, epoch: int) -> None:
         generator = torch.Generator().manual_seed(trainer.config.seed * 1_000_003 + epoch)
         data = trainer.data
         for layer, target in self._targets(width).items():
@@ -300,7 +300,7 @@ class WidthSearch:
                          optimizer=trainer.optimizer)
                 trainer.log_event(f"search: {layer} compressed from {current} to {target}")
 
-    def _restore(self, trainer: Trainer, width: int) -> None:
+    def _restore(self, trainer: Context, width: int) -> None:
         """Back to the copy of the network taken at the end of ``width``'s last rung."""
         model = trainer.model
         for layer, target in self._targets(width).items():

@@ -26,32 +26,22 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
 from ..core.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from ..core.count import count_model
-from ..core.groups import layer_widths
-from ..core.resize import grow_units, prune_units, split_units
 from ..data import DataSplits
 from ..data.augment import augment_images, black_fill, check_augmentation
 from ..distributed import DistributedContext, DistributedError, RankFailed, identity_key
-from .callbacks import Callback, CollapseGuard, Method, TrainingCollapsed
+from ..policy import Callback, Context, Method
+from .callbacks import CollapseGuard, TrainingCollapsed
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("none", "cosine", "step")
-
-
-class Evaluation(NamedTuple):
-    """A model's mean loss, accuracy and the standard error of that mean on one split."""
-
-    loss: float
-    accuracy: float
-    loss_se: float
 
 
 class TrainingDiverged(RuntimeError):
@@ -191,7 +181,7 @@ def make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer):
     return None
 
 
-class Trainer:
+class Trainer(Context):
     """Train ``model`` on ``data`` under a sizing ``method``.
 
     Example::
@@ -279,16 +269,6 @@ class Trainer:
         wanted = {id(p) for p in self.method.manual_gradient_parameters(self.model)}
         return [name for name, p in self.model.named_parameters() if id(p) in wanted]
 
-    def all_reduce_sum_(self, tensor: torch.Tensor) -> torch.Tensor:
-        """Sum ``tensor`` over data-parallel ranks in place (nothing in one process).
-
-        Policies call it on statistics gathered from their rank's batches (activation sums,
-        counts) before deciding from them, so every rank decides the same.
-        """
-        if self.distributed is not None:
-            self.distributed.all_reduce_sum_(tensor)
-        return tensor
-
     def _agree(self, where: str, full: bool = False, diverged: bool = False) -> bool:
         """Under DDP: check that the ranks hold the same model after a point a policy may act.
 
@@ -314,61 +294,6 @@ class Trainer:
         return self._position is not None
 
     # ------------------------------------------------------------------ helpers for policies
-    def log_event(self, text: str) -> None:
-        """Record a structural event (shown in the progress output, metrics and report)."""
-        self.events.append(text)
-
-    def grow(self, layer: str, n: int, **values: Any):
-        """``grow_units`` with this trainer's optimizer, logged as an event."""
-        group = grow_units(self.model, layer, n, optimizer=self.optimizer, **values)
-        self.log_event(f"grew {layer} by {n} to {group.width}")
-        return group
-
-    def prune(self, layer: str, keep):
-        """``prune_units`` with this trainer's optimizer, logged as an event."""
-        before = layer_widths(self.model)[layer]
-        group = prune_units(self.model, layer, keep, optimizer=self.optimizer)
-        self.log_event(f"pruned {layer} by {before - group.width} to {group.width}")
-        return group
-
-    def split(self, layer: str, units, **options: Any):
-        """``split_units`` with this trainer's optimizer, logged as an event."""
-        group = split_units(self.model, layer, units, optimizer=self.optimizer, **options)
-        self.log_event(f"split {len(units)} units of {layer} to {group.width}")
-        return group
-
-    # ------------------------------------------------------------------ evaluation
-    @torch.no_grad()
-    def evaluate(self, inputs: torch.Tensor, targets: torch.Tensor) -> Evaluation:
-        """Mean cross-entropy, accuracy and the loss's standard error on a split (eval mode).
-
-        Under DDP every rank must call it: each evaluates its share and the sums are reduced.
-        """
-        if len(targets) == 0:
-            return Evaluation(math.nan, math.nan, math.nan)
-        was_training = self.model.training
-        self.model.eval()
-        if self.distributed is not None:  # each rank evaluates its share; the sums are reduced
-            rank, world = self.distributed.rank, self.distributed.world_size
-            inputs, targets, total = inputs[rank::world], targets[rank::world], len(targets)
-        else:
-            total = len(targets)
-        # summed loss, squared loss, correct predictions
-        sums = torch.zeros(3, dtype=torch.float64, device=self.device)
-        for start in range(0, len(targets), self.config.eval_batch_size):
-            x = inputs[start : start + self.config.eval_batch_size].to(self.device)
-            y = targets[start : start + self.config.eval_batch_size].to(self.device)
-            logits = self.model(x)
-            losses = F.cross_entropy(logits, y, reduction="none").double()
-            sums[0] += losses.sum()
-            sums[1] += losses.square().sum()
-            sums[2] += (logits.argmax(1) == y).sum()
-        self.model.train(was_training)
-        loss_sum, square_sum, correct = self.all_reduce_sum_(sums).cpu().tolist()
-        mean = loss_sum / total
-        variance = max(square_sum / total - mean * mean, 0.0) * total / max(total - 1, 1)
-        return Evaluation(mean, correct / total, math.sqrt(variance / total))
-
     # ------------------------------------------------------------------ training
     def _batches(self, epoch_rng: torch.Tensor):
         self.data_generator.set_state(epoch_rng)

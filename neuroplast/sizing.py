@@ -1,0 +1,136 @@
+"""A sizing method inside your own training loop.
+
+:class:`SelfSizing` is the :class:`~neuroplast.policy.Context` of a loop you wrote: it holds
+the method (NPN, MetaNet, a baseline), calls its hooks where the Trainer would, and evaluates
+the validation split at each epoch's end, where the method decides (NPN's k schedule, its
+price and expand steps, physical pruning; MetaNet's width search). Driven with the same
+batches, seed and settings, it makes the Trainer's decisions: it runs the same method code.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .data import DataSplits
+from .policy import Context, Method
+from .train.callbacks import CollapseGuard
+from .train.loop import TrainConfig
+
+Split = tuple[torch.Tensor, torch.Tensor]
+
+
+class SelfSizing(Context):
+    """Make the model of your own loop self-sizing with ``method``, in five lines.
+
+    Args:
+        method: a method name (``"npn"``, ``"metanet"``, ``"magnitude"``, ...; see
+            ``neuroplast list``) or a :class:`~neuroplast.policy.Method` object.
+        model: your model (an ``nn.Sequential``, a registered or built-in model); a method that
+            adds gates adds them in place, so keep using ``sizing.model``.
+        optimizer: your optimizer over ``model.parameters()``; parameters a method adds (NPN's
+            gates) join it as a new param group, and its state follows every resize.
+        epochs: how many epochs your loop runs (the method's schedule follows it).
+        val: the validation split ``(inputs, targets)``: every decision is taken on it.
+        train: the training split, for methods that read training examples (MetaNet's search,
+            NPN's expand mode); batches still come from your loop.
+        seed: the seed of the method's own random choices.
+        **options: the method's options (``k_schedule="1:7,1001:inf"``, ``mode="expand"``).
+
+    Example::
+
+        sizing = SelfSizing("npn", model, optimizer, epochs=20, val=(x_val, y_val))
+        for epoch in range(20):
+            for x, y in batches:
+                optimizer.zero_grad()
+                sizing.loss(x, y).backward()   # the method's loss: ARM's two passes for NPN
+                sizing.step()                  # optimizer.step() and the method's batch hooks
+            sizing.epoch_end()                 # validation, decisions, resizing
+    """
+
+    def __init__(self, method: str | Method, model: nn.Module,
+                 optimizer: torch.optim.Optimizer, *, epochs: int, val: Split,
+                 train: Split | None = None, seed: int = 0, **options: Any) -> None:
+        super().__init__()
+        if isinstance(method, str):
+            from .methods import build_method
+
+            method = build_method(method, options)
+        elif options:
+            raise TypeError("give options to the Method object itself, not to SelfSizing")
+        parameter = next(model.parameters())
+        self.device = parameter.device
+        x_val, y_val = val
+        x_train, y_train = train if train is not None else (x_val[:0], y_val[:0])
+        self.data = DataSplits(
+            name="own loop", x_train=x_train, y_train=y_train, x_val=x_val, y_val=y_val,
+            x_test=x_val[:0], y_test=y_val[:0],
+            num_classes=int(max(y_val.max(), y_train.max() if len(y_train) else 0)) + 1,
+            input_shape=tuple(x_val.shape[1:]))
+        self.config = TrainConfig(epochs=epochs, lr=optimizer.param_groups[0]["lr"], seed=seed,
+                                  progress=False)
+        self.method = method
+        self.model = method.prepare_model(model).to(self.device)
+        self.optimizer = optimizer
+        known = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        for group in method.param_groups(self.model, self.config.lr) or []:
+            fresh = [p for p in group["params"] if id(p) not in known]
+            if fresh:
+                optimizer.add_param_group({**group, "params": fresh})
+        self.callbacks = [method, CollapseGuard()]
+        self._in_epoch = False
+        self._sums = [0.0, 0, 0]  # loss summed over examples, correct, examples
+        self._loss: torch.Tensor | None = None
+        for callback in self.callbacks:
+            callback.on_train_begin(self)
+
+    def loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The method's training loss for one batch (call ``backward()`` on it)."""
+        if not self._in_epoch:
+            self._in_epoch, self.events, self._sums = True, [], [0.0, 0, 0]
+            for callback in self.callbacks:
+                callback.on_epoch_begin(self, self.epoch + 1)
+        self.model.train()
+        for callback in self.callbacks:
+            callback.on_batch_begin(self, inputs, targets)
+        loss, logits = self.method.training_loss(self, inputs, targets)
+        self._loss = loss.detach()
+        self._sums[0] += float(self._loss) * len(targets)
+        self._sums[1] += int((logits.detach().argmax(1) == targets).sum())
+        self._sums[2] += len(targets)
+        return loss
+
+    def step(self) -> None:
+        """After ``backward()``: the method's gradient hooks, ``optimizer.step()``, its batch
+        hooks."""
+        if self._loss is None:
+            raise RuntimeError("call sizing.loss(x, y) and backward() before sizing.step()")
+        for callback in self.callbacks:
+            callback.after_backward(self)
+        self.optimizer.step()
+        for callback in self.callbacks:
+            callback.on_batch_end(self, self._loss)
+        self._loss = None
+
+    def epoch_end(self) -> dict[str, Any]:
+        """Evaluate the validation split and let the method decide; returns the epoch's
+        metrics with the widths and events. After the last epoch the method finishes (NPN's
+        final compaction); ``stop_training`` says whether it wants to stop early."""
+        epoch = self.epoch + 1
+        loss_sum, correct, seen = self._sums
+        val = self.evaluate(self.data.x_val, self.data.y_val)
+        self.last_metrics = {
+            "epoch": epoch, "train_loss": loss_sum / max(seen, 1),
+            "train_accuracy": correct / max(seen, 1), "val_loss": val.loss,
+            "val_accuracy": val.accuracy, "val_loss_se": val.loss_se,
+        }
+        for callback in self.callbacks:
+            callback.on_epoch_end(self, epoch)
+        self.epoch, self._in_epoch = epoch, False
+        if epoch >= self.config.epochs or self.stop_training:
+            for callback in self.callbacks:
+                callback.on_train_end(self)
+        return {**self.last_metrics, "widths": self.method.live_widths(self.model),
+                "events": list(self.events)}
