@@ -31,7 +31,7 @@ from .methods import METHODS, method_fields
 from .models import MODELS
 from .models.mlp import ACTIVATIONS
 from .recipes import list_recipes, recipe_path
-from .train.loop import OPTIMIZERS, SCHEDULERS, TrainConfig
+from .train.loop import OPTIMIZERS, PRECISIONS, SCHEDULERS, TrainConfig
 from .train.run import RunConfig, RunDirectoryError
 
 # What `neuroplast train` with no arguments runs: a complete small self-sizing job on bundled
@@ -139,6 +139,12 @@ def _add_train_arguments(parser: argparse.ArgumentParser, shown_method: str | No
              "of the training time); the last epoch and an interrupt between batches are "
              "always saved, and a resume is exact from any checkpoint")
     add("--batch-size", type=int, default=s, help="mini-batch size (default 64)")
+    add("--accumulate", type=int, default=s, metavar="N",
+        help="split each batch into N micro-batches (gradient accumulation; default 1)")
+    add("--precision", choices=PRECISIONS, default=s,
+        help="32, or bf16-mixed: forward passes under bfloat16 autocast (default 32)")
+    add("--grad-clip", type=float, default=s, metavar="NORM",
+        help="clip the gradients' total norm before each step (default 0: off)")
     add("--optimizer", choices=OPTIMIZERS, default=s, help="optimizer (default adam)")
     add("--lr", type=float, default=s, help="learning rate (default 0.001)")
     add("--momentum", type=float, default=s, help="SGD momentum (default 0.9)")

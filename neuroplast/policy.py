@@ -14,6 +14,7 @@ line's) and :class:`~neuroplast.sizing.SelfSizing` (inside your own loop).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
@@ -65,6 +66,11 @@ class Context:
     def __init__(self) -> None:
         self.last_metrics: dict[str, Any] = {}
         self.events: list[str] = []
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Forward passes under ``config.precision`` (bfloat16 autocast for "bf16-mixed")."""
+        enabled = getattr(self.config, "precision", "32") == "bf16-mixed"
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
 
     @property
     def train_model(self) -> nn.Module:
@@ -125,7 +131,8 @@ class Context:
         for start in range(0, len(targets), self.config.eval_batch_size):
             x = inputs[start : start + self.config.eval_batch_size].to(self.device)
             y = targets[start : start + self.config.eval_batch_size].to(self.device)
-            logits = self.model(x)
+            with self.autocast():
+                logits = self.model(x).float()
             losses = F.cross_entropy(logits, y, reduction="none").double()
             sums[0] += losses.sum()
             sums[1] += losses.square().sum()

@@ -41,6 +41,7 @@ from ..policy import Callback, Context, Method
 from .callbacks import CollapseGuard, TrainingCollapsed
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
+PRECISIONS = ("32", "bf16-mixed")
 SCHEDULERS = ("none", "cosine", "step")
 
 
@@ -74,6 +75,11 @@ class TrainConfig:
     # The last epoch and an interrupt between batches are always saved; a resume is exact
     # from any checkpoint (an interrupt elsewhere resumes from the last one written).
     checkpoint_every: int = 0
+    # "bf16-mixed": forward passes under torch.autocast in bfloat16 (CPU and CUDA); weights,
+    # gradients and optimizer state stay float32.
+    precision: str = "32"
+    grad_clip: float = 0.0  # clip the gradients' total norm to this before each step; 0: off
+    accumulate: int = 1  # split each batch into this many micro-batches, one step per batch
 
     def __post_init__(self) -> None:
         if isinstance(self.lr_milestones, int) and not isinstance(self.lr_milestones, bool):
@@ -88,10 +94,11 @@ class TrainConfig:
             return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
         checks = {"an integer": (integer, ("epochs", "batch_size", "seed", "eval_batch_size",
-                                           "augment_padding")),
-                  "a number": (number, ("lr", "momentum", "weight_decay", "lr_gamma")),
+                                           "augment_padding", "accumulate")),
+                  "a number": (number, ("lr", "momentum", "weight_decay", "lr_gamma",
+                                        "grad_clip")),
                   "a string": (lambda v: isinstance(v, str),
-                               ("optimizer", "scheduler", "device", "augment"))}
+                               ("optimizer", "scheduler", "device", "augment", "precision"))}
         for kind, (check, names) in checks.items():
             for name in names:
                 if not check(getattr(self, name)):
@@ -120,6 +127,14 @@ class TrainConfig:
                              f"{self.checkpoint_every!r}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision '{self.precision}'; choose one of {PRECISIONS}")
+        if not self.grad_clip >= 0 or math.isinf(self.grad_clip):
+            raise ValueError(f"grad clip must be a gradient norm > 0, or 0 for none, got "
+                             f"{self.grad_clip}")
+        if not 1 <= self.accumulate <= self.batch_size:
+            raise ValueError(f"accumulate must be between 1 and the batch size "
+                             f"({self.batch_size}): micro-batches per step, got {self.accumulate}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer '{self.optimizer}'; choose one of {OPTIMIZERS}")
         if self.scheduler not in SCHEDULERS:
@@ -370,29 +385,53 @@ class Trainer(Context):
         for callback in self.callbacks:
             callback.on_batch_begin(self, x, y)
         self.optimizer.zero_grad(set_to_none=True)
-        loss, logits = self.method.training_loss(self, x, y)
-        loss_for_backward = loss * self.loss_scale if self.loss_scale != 1.0 else loss
-        value = loss.item()  # one sync serves the divergence check and the running mean
+        value, correct, loss = self._backward(x, y)
         if not math.isfinite(value) and self.distributed is None:
             self._diverged(value, epoch, index)
-        loss_for_backward.backward()
         if self.distributed is not None:
             self.distributed.average_gradients_(
                 self.method.manual_gradient_parameters(self.model))
+        if self.config.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         for callback in self.callbacks:
             callback.after_backward(self)
         self.optimizer.step()
         self.step += 1
         if self.loss_scale:  # a rank with no share of this batch counts nothing
-            sums = (value * len(y), (logits.detach().argmax(1) == y).sum(), len(y))
+            sums = (value * len(y), correct, len(y))
         else:
             sums = (0.0, torch.zeros((), dtype=torch.long, device=self.device), 0)
         for callback in self.callbacks:
-            callback.on_batch_end(self, loss.detach())
+            callback.on_batch_end(self, loss)
         if self._agree(f"after batch {index + 1} of epoch {epoch}",
                        diverged=not math.isfinite(value)):
             self._diverged(value, epoch, index)  # on every rank at once
         return sums
+
+    def _backward(self, x: torch.Tensor, y: torch.Tensor
+                  ) -> tuple[float, torch.Tensor, torch.Tensor]:
+        """The method's loss and its gradients for one batch, in ``config.accumulate``
+        micro-batches whose losses are weighted by their share; returns the batch's mean loss,
+        its correct predictions and the (detached) loss."""
+        share, rows = self.loss_scale, self.batch_rows
+        parts = torch.arange(len(y)).chunk(self.config.accumulate)
+        value, correct = 0.0, torch.zeros((), dtype=torch.long, device=self.device)
+        try:
+            for part in parts:
+                whole = len(parts) == 1
+                x_part, y_part = (x, y) if whole else (x[part], y[part])
+                weight = 1.0 if whole else len(part) / len(y)
+                if rows is not None and not whole:  # DDP: this part's rows of the global batch
+                    self.batch_rows = (rows[0], rows[1][part.to(rows[1].device)])
+                with self.autocast():
+                    loss, logits = self.method.training_loss(self, x_part, y_part)
+                scale = share * weight
+                (loss * scale if scale != 1.0 else loss).backward()
+                value += loss.item() * weight  # one sync: divergence check and running mean
+                correct = correct + (logits.detach().argmax(1) == y_part).sum()
+        finally:
+            self.batch_rows = rows
+        return value, correct, torch.tensor(value)
 
     def _augment(self, x: torch.Tensor, epoch: int, index: int, batch_size: int) -> torch.Tensor:
         """This batch's shifted (and mirrored) images. The draws depend only on the seed, the
