@@ -1,9 +1,11 @@
-"""Overhead of neuroplast's training loop against a minimal hand-written PyTorch loop.
+"""Overhead of neuroplast's training loop against a minimal hand-written PyTorch loop, and
+bf16 mixed precision against float32 in the same loop.
 
-Both train the same model (same seed, same data tensors in memory, same batch order rule) for
-the same epochs and evaluate validation and test after each epoch; neuroplast also writes its
-checkpoint, metrics line and parameter/MAC count every epoch. The two are timed alternately in
-one process, so background load hits both alike.
+Both loops train the same model (same seed, same data tensors in memory, same batch order rule)
+for the same epochs and evaluate validation and test after each epoch; neuroplast also writes
+its checkpoint, metrics line and parameter/MAC count every epoch. The three variants
+(neuroplast float32, hand-written float32, neuroplast ``--precision bf16-mixed``) are timed
+alternately in one process, so background load hits them alike.
 
     python -m benchmarks.loop [--quick] [--out benchmarks/results/loop.json]
 """
@@ -53,9 +55,12 @@ def hand_written_epochs(model, data, epochs: int, batch_size: int, seed: int) ->
                     (logits.argmax(1) == y[start : start + 1000]).sum().item()
 
 
-def neuroplast_epochs(model, data, epochs: int, batch_size: int, seed: int, run_dir: Path):
-    config = TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed, progress=False)
-    Trainer(model, data, FixedWidth(), config, run_dir=run_dir).fit()
+def neuroplast_epochs(model, data, epochs: int, batch_size: int, seed: int, run_dir: Path,
+                      precision: str = "32") -> float:
+    """Train with neuroplast's Trainer; returns the last epoch's validation accuracy."""
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed, progress=False,
+                         precision=precision)
+    return Trainer(model, data, FixedWidth(), config, run_dir=run_dir).fit()[-1]["val_accuracy"]
 
 
 def measure(quick: bool, threads: int) -> dict:
@@ -66,21 +71,25 @@ def measure(quick: bool, threads: int) -> dict:
     # one thread gives stable numbers for both loops alike.
     torch.set_num_threads(threads)
     epochs, repeats, batch_size = (1, 2, 128) if quick else (2, 9, 128)
-    times: dict[str, list[float]] = {"neuroplast": [], "hand_written": []}
+    variants = ["neuroplast", "hand_written", "neuroplast_bf16"]
+    times: dict[str, list[float]] = {variant: [] for variant in variants}
+    accuracy: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(repeats):
-            # Alternate which goes first so drift in background load cancels out.
-            order = ["neuroplast", "hand_written"][:: 1 if repeat % 2 == 0 else -1]
+            # Rotate which goes first so drift in background load cancels out.
+            order = variants[repeat % 3:] + variants[:repeat % 3]
             for variant in order:
                 torch.manual_seed(0)
                 model = build_model(model_name, data.input_shape, data.num_classes)
                 started = time.perf_counter()
-                if variant == "neuroplast":
-                    neuroplast_epochs(model, data, epochs, batch_size, 0,
-                                      Path(tmp) / f"run{repeat}")
-                else:
+                if variant == "hand_written":
                     hand_written_epochs(model, data, epochs, batch_size, 0)
+                else:
+                    accuracy[variant] = neuroplast_epochs(
+                        model, data, epochs, batch_size, 0, Path(tmp) / f"{variant}{repeat}",
+                        precision="bf16-mixed" if variant.endswith("bf16") else "32")
                 times[variant].append((time.perf_counter() - started) / epochs)
+    bf16 = statistics.median(times["neuroplast_bf16"])
     ours, theirs = statistics.median(times["neuroplast"]), statistics.median(times["hand_written"])
     best_ours, best_theirs = min(times["neuroplast"]), min(times["hand_written"])
     return {
@@ -92,13 +101,15 @@ def measure(quick: bool, threads: int) -> dict:
                     "threads": torch.get_num_threads()},
         "dataset": dataset, "model": model_name, "batch_size": batch_size, "epochs": epochs,
         "repeats": repeats,
-        "epoch_seconds": {"neuroplast": ours, "hand_written": theirs},
+        "epoch_seconds": {"neuroplast": ours, "hand_written": theirs, "neuroplast_bf16": bf16},
         "best_epoch_seconds": {"neuroplast": best_ours, "hand_written": best_theirs},
         "all_epoch_seconds": times,
         "overhead": ours / theirs - 1.0,
         "overhead_best": best_ours / best_theirs - 1.0,
         "goal": "neuroplast epoch within 5% of the hand-written loop",
         "goal_met": ours / theirs - 1.0 <= 0.05,
+        "bf16_over_fp32": bf16 / ours,
+        "val_accuracy": accuracy,
         "note": "neuroplast's epoch includes its checkpoint, metrics.jsonl line and "
                 "parameter/MAC count; both evaluate validation and test every epoch",
     }
@@ -116,7 +127,8 @@ def main(argv: list[str] | None = None) -> dict:
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=1))
     os.replace(tmp, out)
-    keys = ("epoch_seconds", "best_epoch_seconds", "overhead", "overhead_best", "goal_met")
+    keys = ("epoch_seconds", "best_epoch_seconds", "overhead", "overhead_best", "goal_met",
+            "bf16_over_fp32", "val_accuracy")
     print(json.dumps({k: result[k] for k in keys}, indent=1))
     return result
 
