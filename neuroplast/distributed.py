@@ -25,7 +25,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NoReturn
 
@@ -83,6 +83,45 @@ def identity_key(model: nn.Module) -> tuple:
     return tuple((id(p), tuple(p.shape), p.requires_grad) for p in model.parameters())
 
 
+class SingleProcess:
+    """The strategy of a run in one process: every collective is the identity, no wrapper, no
+    agreement to check. It has :class:`DistributedContext`'s interface, so the training loop
+    calls the same methods whatever the strategy and holds no branch on it."""
+
+    rank, world_size, is_main = 0, 1, True
+    #: A diverged loss stops before the optimizer steps, and Ctrl-C is held to the end of the
+    #: running batch, whose position is saved (ranks instead stop together at agreed points).
+    stops_alone = True
+
+    def shard(self, rows: torch.Tensor) -> torch.Tensor:
+        return rows
+
+    def all_reduce_sum_(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor
+
+    def sync_rng_(self) -> None:
+        pass
+
+    def broadcast_buffers_(self, model: nn.Module) -> None:
+        pass
+
+    def average_gradients_(self, parameters: Sequence[nn.Parameter]) -> None:
+        pass
+
+    def check_device(self, device: torch.device) -> None:
+        pass
+
+    def training_model(self, model: nn.Module, ignore: Callable[[], list[str]]) -> nn.Module:
+        return model
+
+    def agree(self, model: nn.Module, where: str, full: bool = False,
+              diverged: bool = False) -> bool:
+        return diverged
+
+    def failure(self, error: RuntimeError, epoch: int) -> DistributedError | None:
+        return None
+
+
 @dataclass
 class DistributedContext:
     """This process's place in a process group, and the collectives the trainer needs."""
@@ -92,6 +131,7 @@ class DistributedContext:
     local_rank: int
     backend: str
     device: torch.device
+    stops_alone = False
 
     @property
     def is_main(self) -> bool:
@@ -179,7 +219,52 @@ class DistributedContext:
                     "statistics or rank 0. The last checkpoint is kept."
                 )
 
+    def agree(self, model: nn.Module, where: str, full: bool = False,
+              diverged: bool = False) -> bool:
+        """Check that the ranks hold the same model after a point a policy may act.
+
+        Cheap (one small all-reduce) unless some rank's parameters changed or ``full``; then
+        every parameter and buffer is compared too. Returns whether any rank's loss
+        ``diverged``, so all ranks stop together.
+        """
+        key = identity_key(model)
+        changed, diverged = self.check_structure(
+            model, where, changed=key != getattr(self, "_checked_key", None), diverged=diverged)
+        if diverged:
+            return True  # NaN parameters compare unequal; the run stops anyway
+        if changed or full:
+            self.check_state(model, where)
+        self._checked_key = key
+        return False
+
+    def check_device(self, device: torch.device) -> None:
+        """Refuse a device the process group cannot train on."""
+        if device.type != "cpu":
+            raise ValueError("distributed training runs on the CPU for now (gloo); "
+                             f"--device {device} with --distributed is not supported")
+
+    def failure(self, error: RuntimeError, epoch: int) -> DistributedError | None:
+        """The error to raise for a collective that failed because a peer stopped, or None
+        for any other error (raised as it is)."""
+        if isinstance(error, DistributedError) or not communication_failed(error):
+            return None
+        return RankFailed(
+            f"rank {self.rank}: another rank stopped answering during epoch {epoch} "
+            f"({type(error).__name__}: {str(error).splitlines()[0]}). The last checkpoint "
+            "rank 0 wrote is kept: `neuroplast resume` continues it, with any number of ranks")
+
     # ------------------------------------------------------------------ wrapping
+    def training_model(self, model: nn.Module, ignore: Callable[[], list[str]]) -> nn.Module:
+        """The DDP wrapper of ``model``, rebuilt whenever a resize replaced parameters, so
+        gradient buckets always match the current widths (``ignore()`` names parameters DDP
+        must leave alone)."""
+        key = identity_key(model)
+        if getattr(self, "_wrapped_key", None) != key:
+            self._wrapper = None  # release the old reducer's hooks before the new one is built
+            self._wrapper = self.wrap(model, ignore())
+            self._wrapped_key = key
+        return self._wrapper
+
     def wrap(self, model: nn.Module, ignore: Sequence[str] = ()) -> DistributedDataParallel:
         """A fresh DDP wrapper over the model's current parameters.
 
@@ -217,6 +302,15 @@ class DistributedContext:
         if dist.is_initialized():
             dist.barrier()
             dist.destroy_process_group()
+
+
+def communication_failed(error: RuntimeError) -> bool:
+    """Whether ``error`` is a collective that failed because a peer went away or timed out."""
+    distributed_error = getattr(torch.distributed, "DistError", ())
+    if distributed_error and isinstance(error, distributed_error):
+        return True
+    text = str(error).lower()
+    return any(word in text for word in ("gloo", "nccl", "connection", "timed out", "peer"))
 
 
 def exit_process(code: int) -> NoReturn:

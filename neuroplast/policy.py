@@ -24,6 +24,7 @@ from torch import nn
 
 from .core.groups import layer_widths
 from .core.resize import grow_units, prune_units, split_units
+from .distributed import SingleProcess
 
 if TYPE_CHECKING:  # only for type hints
     from .data import DataSplits
@@ -60,6 +61,7 @@ class Context:
     data: DataSplits
     device: torch.device
     distributed: DistributedContext | None = None
+    strategy: DistributedContext | SingleProcess = SingleProcess()  # one process, or DDP ranks
     epoch: int = 0
     stop_training: bool = False
 
@@ -83,9 +85,7 @@ class Context:
         Policies call it on statistics gathered from their rank's batches (activation sums,
         counts) before deciding from them, so every rank decides the same.
         """
-        if self.distributed is not None:
-            self.distributed.all_reduce_sum_(tensor)
-        return tensor
+        return self.strategy.all_reduce_sum_(tensor)
 
     def log_event(self, text: str) -> None:
         """Record a structural event (shown in the progress output, metrics and report)."""
@@ -121,11 +121,9 @@ class Context:
             return Evaluation(math.nan, math.nan, math.nan)
         was_training = self.model.training
         self.model.eval()
-        if self.distributed is not None:  # each rank evaluates its share; the sums are reduced
-            rank, world = self.distributed.rank, self.distributed.world_size
-            inputs, targets, total = inputs[rank::world], targets[rank::world], len(targets)
-        else:
-            total = len(targets)
+        # Each rank evaluates its share (one process: all of it); the sums are reduced.
+        total = len(targets)
+        inputs, targets = self.strategy.shard(inputs), self.strategy.shard(targets)
         # summed loss, squared loss, correct predictions
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)
         for start in range(0, len(targets), self.config.eval_batch_size):

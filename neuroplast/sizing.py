@@ -9,6 +9,7 @@ batches, seed and settings, it makes the Trainer's decisions: it runs the same m
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -37,6 +38,8 @@ class SelfSizing(Context):
         train: the training split, for methods that read training examples (MetaNet's search,
             NPN's expand mode); batches still come from your loop.
         seed: the seed of the method's own random choices.
+        prepared: ``model`` already went through ``method.prepare_model`` (the Lightning and
+            Hugging Face integrations prepare it before their framework builds the optimizer).
         **options: the method's options (``k_schedule="1:7,1001:inf"``, ``mode="expand"``).
 
     Example::
@@ -52,7 +55,8 @@ class SelfSizing(Context):
 
     def __init__(self, method: str | Method, model: nn.Module,
                  optimizer: torch.optim.Optimizer, *, epochs: int, val: Split,
-                 train: Split | None = None, seed: int = 0, **options: Any) -> None:
+                 train: Split | None = None, seed: int = 0, prepared: bool = False,
+                 **options: Any) -> None:
         super().__init__()
         if isinstance(method, str):
             from .methods import build_method
@@ -69,37 +73,28 @@ class SelfSizing(Context):
             x_test=x_val[:0], y_test=y_val[:0],
             num_classes=int(max(y_val.max(), y_train.max() if len(y_train) else 0)) + 1,
             input_shape=tuple(x_val.shape[1:]))
-        self.config = TrainConfig(epochs=epochs, lr=optimizer.param_groups[0]["lr"], seed=seed,
-                                  progress=False)
+        first = optimizer.param_groups[0]  # (its lr before a scheduler's warm-up, if any)
+        self.config = TrainConfig(epochs=epochs, lr=first.get("initial_lr", first["lr"]),
+                                  seed=seed, progress=False)
         self.method = method
-        self.model = method.prepare_model(model).to(self.device)
+        # An integration prepares the model before its framework builds the optimizer.
+        self.model = (model if prepared else method.prepare_model(model)).to(self.device)
         self.optimizer = optimizer
-        known = {id(p) for group in optimizer.param_groups for p in group["params"]}
-        for group in method.param_groups(self.model, self.config.lr) or []:
-            fresh = [p for p in group["params"] if id(p) not in known]
-            if fresh:
-                optimizer.add_param_group({**group, "params": fresh})
+        join_optimizer(method, self.model, optimizer, self.config.lr)
         self.callbacks = [method, CollapseGuard()]
         self._in_epoch = False
-        self._sums = [0.0, 0, 0]  # loss summed over examples, correct, examples
+        self._finished = False
+        # loss summed over examples, correct, examples, examples whose predictions were scored
+        self._sums = [0.0, 0, 0, 0]
         self._loss: torch.Tensor | None = None
         for callback in self.callbacks:
             callback.on_train_begin(self)
 
     def loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """The method's training loss for one batch (call ``backward()`` on it)."""
-        if not self._in_epoch:
-            self._in_epoch, self.events, self._sums = True, [], [0.0, 0, 0]
-            for callback in self.callbacks:
-                callback.on_epoch_begin(self, self.epoch + 1)
-        self.model.train()
-        for callback in self.callbacks:
-            callback.on_batch_begin(self, inputs, targets)
+        self.begin_batch(inputs, targets)
         loss, logits = self.method.training_loss(self, inputs, targets)
-        self._loss = loss.detach()
-        self._sums[0] += float(self._loss) * len(targets)
-        self._sums[1] += int((logits.detach().argmax(1) == targets).sum())
-        self._sums[2] += len(targets)
+        self.record_batch(loss, len(targets), int((logits.detach().argmax(1) == targets).sum()))
         return loss
 
     def step(self) -> None:
@@ -107,30 +102,82 @@ class SelfSizing(Context):
         hooks."""
         if self._loss is None:
             raise RuntimeError("call sizing.loss(x, y) and backward() before sizing.step()")
+        self.gradients_ready()
+        self.optimizer.step()
+        self.end_batch()
+
+    # The pieces of loss() and step(), for a framework that runs the forward, backward and
+    # optimizer step itself (neuroplast.integrations): called in this order, once per batch.
+    def begin_batch(self, inputs: Any = None, targets: Any = None) -> None:
+        """Start an epoch at its first batch; train mode; the method's ``on_batch_begin``."""
+        if not self._in_epoch:
+            self._in_epoch, self.events, self._sums = True, [], [0.0, 0, 0, 0]
+            for callback in self.callbacks:
+                callback.on_epoch_begin(self, self.epoch + 1)
+        self.model.train()
+        for callback in self.callbacks:
+            callback.on_batch_begin(self, inputs, targets)
+
+    def record_batch(self, loss: torch.Tensor, examples: int, correct: int | None = None) -> None:
+        """Count the batch's loss (and correct predictions, when known) in the epoch's
+        training metrics."""
+        self._loss = loss.detach()
+        self._sums[0] += float(self._loss) * examples
+        self._sums[2] += examples
+        if correct is not None:
+            self._sums[1] += correct
+            self._sums[3] += examples
+
+    def gradients_ready(self) -> None:
+        """Gradients are in and the optimizer has not stepped: the method's ``after_backward``."""
         for callback in self.callbacks:
             callback.after_backward(self)
-        self.optimizer.step()
+
+    def end_batch(self) -> None:
+        """After the optimizer step: the method's ``on_batch_end``."""
+        loss = self._loss if self._loss is not None else torch.zeros(())
         for callback in self.callbacks:
-            callback.on_batch_end(self, self._loss)
+            callback.on_batch_end(self, loss)
         self._loss = None
+
+    def finish(self) -> None:
+        """The method's ``on_train_end`` (NPN's final compaction), once."""
+        if not self._finished:
+            self._finished = True
+            for callback in self.callbacks:
+                callback.on_train_end(self)
 
     def epoch_end(self) -> dict[str, Any]:
         """Evaluate the validation split and let the method decide; returns the epoch's
         metrics with the widths and events. After the last epoch the method finishes (NPN's
         final compaction); ``stop_training`` says whether it wants to stop early."""
         epoch = self.epoch + 1
-        loss_sum, correct, seen = self._sums
+        loss_sum, correct, seen, scored = self._sums
         val = self.evaluate(self.data.x_val, self.data.y_val)
         self.last_metrics = {
             "epoch": epoch, "train_loss": loss_sum / max(seen, 1),
-            "train_accuracy": correct / max(seen, 1), "val_loss": val.loss,
+            "train_accuracy": correct / scored if scored else math.nan, "val_loss": val.loss,
             "val_accuracy": val.accuracy, "val_loss_se": val.loss_se,
         }
         for callback in self.callbacks:
             callback.on_epoch_end(self, epoch)
         self.epoch, self._in_epoch = epoch, False
         if epoch >= self.config.epochs or self.stop_training:
-            for callback in self.callbacks:
-                callback.on_train_end(self)
+            self.finish()
         return {**self.last_metrics, "widths": self.method.live_widths(self.model),
                 "events": list(self.events)}
+
+
+def join_optimizer(method: Method, model: nn.Module, optimizer: torch.optim.Optimizer,
+                   lr: float) -> bool:
+    """Add the parameters the method's param groups list and ``optimizer`` lacks (NPN's gates)
+    as new param groups, with the method's settings; True when a group was added."""
+    known = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    added = False
+    for group in method.param_groups(model, lr) or []:
+        fresh = [p for p in group["params"] if id(p) not in known]
+        if fresh:
+            optimizer.add_param_group({**group, "params": fresh})
+            known.update(id(p) for p in fresh)
+            added = True
+    return added

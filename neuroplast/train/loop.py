@@ -36,7 +36,7 @@ from ..core.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from ..core.count import count_model
 from ..data import DataSplits
 from ..data.augment import augment_images, black_fill, check_augmentation
-from ..distributed import DistributedContext, DistributedError, RankFailed, identity_key
+from ..distributed import DistributedContext, SingleProcess
 from ..policy import Callback, Context, Method
 from .callbacks import CollapseGuard, TrainingCollapsed
 
@@ -220,12 +220,11 @@ class Trainer(Context):
         self.config = config or TrainConfig()
         self.config.validate()
         self.distributed = distributed
-        if distributed is not None and not distributed.is_main:
+        self.strategy = distributed if distributed is not None else SingleProcess()
+        if not self.strategy.is_main:
             self.config.progress = False  # one progress bar: rank 0's
         self.device = check_device(self.config.device)
-        if distributed is not None and self.device.type != "cpu":
-            raise ValueError("distributed training runs on the CPU for now (gloo); "
-                             f"--device {self.config.device} with --distributed is not supported")
+        self.strategy.check_device(self.device)
         # Batches are indexed out of the data where it lies: CPU data (the default) is copied to
         # the device a batch at a time; data already there (``data.to(device)``) is not copied.
         self.data = data
@@ -253,55 +252,28 @@ class Trainer(Context):
         self._unsaved_seconds = 0.0  # training time since then
         self._stop_signal: int | None = None
         self._logger = None
-        self._ddp: nn.Module | None = None  # the DDP wrapper, rebuilt after every resize
-        self._ddp_key: tuple | None = None
-        self._checked_key: tuple | None = None
         self.loss_scale = 1.0  # this rank's weight of its share of the batch (1 in one process)
         self.batch_rows: tuple[int, torch.Tensor] | None = None  # (global size, rows) under DDP
 
     @property
     def is_main(self) -> bool:
         """True in a single process and on rank 0: the process that writes files."""
-        return self.distributed is None or self.distributed.is_main
+        return self.strategy.is_main
 
     @property
     def train_model(self) -> nn.Module:
-        """What training forward passes go through: the model, or its DDP wrapper.
-
-        Under DDP the wrapper is rebuilt whenever a resize replaced parameters, so gradient
-        buckets always match the current widths. Policies resize ``model``, never this.
-        """
-        if self.distributed is None:
-            return self.model
-        key = identity_key(self.model)
-        if self._ddp is None or key != self._ddp_key:
-            self._ddp = None  # release the old reducer's hooks before the new one is built
-            self._ddp = self.distributed.wrap(self.model, self._manual_gradient_names())
-            self._ddp_key = key
-        return self._ddp
+        """What training forward passes go through: the model, or its DDP wrapper (rebuilt
+        after every resize). Policies resize ``model``, never this."""
+        return self.strategy.training_model(self.model, self._manual_gradient_names)
 
     def _manual_gradient_names(self) -> list[str]:
         wanted = {id(p) for p in self.method.manual_gradient_parameters(self.model)}
         return [name for name, p in self.model.named_parameters() if id(p) in wanted]
 
     def _agree(self, where: str, full: bool = False, diverged: bool = False) -> bool:
-        """Under DDP: check that the ranks hold the same model after a point a policy may act.
-
-        Cheap (one small all-reduce) unless some rank's parameters changed or ``full``; then
-        every parameter and buffer is compared too. Returns whether any rank's loss
-        ``diverged``, so all ranks stop together.
-        """
-        if self.distributed is None:
-            return diverged
-        key = identity_key(self.model)
-        changed, diverged = self.distributed.check_structure(
-            self.model, where, changed=key != self._checked_key, diverged=diverged)
-        if diverged:
-            return True  # NaN parameters compare unequal; the run stops anyway
-        if changed or full:
-            self.distributed.check_state(self.model, where)
-        self._checked_key = key
-        return False
+        """Under DDP: check that the ranks hold the same model after a point a policy may act;
+        returns whether any rank's loss ``diverged`` (see ``DistributedContext.agree``)."""
+        return self.strategy.agree(self.model, where, full, diverged)
 
     @property
     def mid_epoch(self) -> bool:
@@ -335,7 +307,7 @@ class Trainer(Context):
         done, steps_done = first, self.step  # batches fully applied, and the steps they took
         interrupt = _InterruptFlag()
         try:
-            with _deferred_interrupt(interrupt, enabled=self.distributed is None):
+            with _deferred_interrupt(interrupt, enabled=self.strategy.stops_alone):
                 for index in range(first, len(batches)):
                     if interrupt.requested:  # between batches, so none is half applied
                         raise KeyboardInterrupt
@@ -358,19 +330,16 @@ class Trainer(Context):
             # (a second signal, another handler's, a callback's) may follow its optimizer
             # step, so that run resumes from the last epoch's end instead. A rank's partial
             # sums are not the run's either (DDP stops at the epoch's end).
-            if self.distributed is None and self.step == steps_done:
+            if self.strategy.stops_alone and self.step == steps_done:
                 self._position = {"epoch_rng": epoch_rng, "batch": done, "seen": seen,
                                   "loss_sum": loss_sum, "correct": correct.item()}
             raise
         finally:
             bar.close()
             self.loss_scale, self.batch_rows = 1.0, None
-        if self.distributed is not None:
-            totals = torch.tensor([loss_sum, float(correct.item()), float(seen)],
-                                  dtype=torch.float64)
-            loss_sum, correct_total, seen = self.all_reduce_sum_(totals).tolist()
-            correct = torch.tensor(int(round(correct_total)))
-        return loss_sum / max(seen, 1), correct.item() / max(seen, 1)
+        totals = torch.tensor([loss_sum, float(correct.item()), float(seen)], dtype=torch.float64)
+        loss_sum, correct_total, seen = self.all_reduce_sum_(totals).tolist()
+        return loss_sum / max(seen, 1), round(correct_total) / max(seen, 1)
 
     def _train_batch(
         self, epoch: int, index: int, batch: torch.Tensor
@@ -386,11 +355,9 @@ class Trainer(Context):
             callback.on_batch_begin(self, x, y)
         self.optimizer.zero_grad(set_to_none=True)
         value, correct, loss = self._backward(x, y)
-        if not math.isfinite(value) and self.distributed is None:
-            self._diverged(value, epoch, index)
-        if self.distributed is not None:
-            self.distributed.average_gradients_(
-                self.method.manual_gradient_parameters(self.model))
+        if not math.isfinite(value) and self.strategy.stops_alone:
+            self._diverged(value, epoch, index)  # before the step: the last state stays good
+        self.strategy.average_gradients_(self.method.manual_gradient_parameters(self.model))
         if self.config.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         for callback in self.callbacks:
@@ -458,15 +425,14 @@ class Trainer(Context):
         the global batch times the number of ranks: the average is then the global batch's
         mean gradient even when the batch does not split evenly.
         """
-        if self.distributed is None:
-            return rows
-        world = self.distributed.world_size
-        positions = self.distributed.shard(torch.arange(len(rows)))
+        positions = self.strategy.shard(torch.arange(len(rows)))
         if len(positions) == 0:
             # More ranks than examples left: this rank joins with one row weighted zero.
             self.loss_scale, self.batch_rows = 0.0, (len(rows), torch.zeros(1, dtype=torch.long))
             return rows[:1]
-        self.loss_scale = len(positions) * world / len(rows)
+        if len(positions) == len(rows):  # one process: the whole batch, as it is
+            return rows
+        self.loss_scale = len(positions) * self.strategy.world_size / len(rows)
         self.batch_rows = (len(rows), positions)
         return rows[positions]
 
@@ -474,10 +440,9 @@ class Trainer(Context):
         return "-".join(str(w) for w in self.method.live_widths(self.model).values())
 
     def _epoch_record(self, epoch: int, train: tuple[float, float], lr: float):
-        if self.distributed is not None:
-            # Evaluate and decide with rank 0's BatchNorm statistics, as its checkpoint will.
-            self.distributed.broadcast_buffers_(self.model)
-            self.distributed.sync_rng_()
+        # Evaluate and decide with rank 0's BatchNorm statistics, as its checkpoint will.
+        self.strategy.broadcast_buffers_(self.model)
+        self.strategy.sync_rng_()
         val = self.evaluate(self.data.x_val, self.data.y_val)
         test = self.evaluate(self.data.x_test, self.data.y_test)
         self.last_metrics = {
@@ -521,8 +486,7 @@ class Trainer(Context):
                 epoch = self.epoch + 1
                 started = time.perf_counter()
                 self.events = []
-                if self.distributed is not None:
-                    self.distributed.sync_rng_()
+                self.strategy.sync_rng_()
                 for callback in self.callbacks:
                     callback.on_epoch_begin(self, epoch)
                 self._agree(f"at the start of epoch {epoch}")
@@ -557,15 +521,10 @@ class Trainer(Context):
                     f"The last good checkpoint (epoch {self._saved[0]}) is kept.")
             self._tell(f"training stopped: {error}. {kept}")
         except RuntimeError as error:
-            if (self.distributed is None or isinstance(error, DistributedError)
-                    or not _communication_failed(error)):
+            failure = self.strategy.failure(error, self.epoch + 1)
+            if failure is None:
                 raise
-            raise RankFailed(
-                f"rank {self.distributed.rank}: another rank stopped answering during epoch "
-                f"{self.epoch + 1} ({type(error).__name__}: {str(error).splitlines()[0]}). The "
-                "last checkpoint rank 0 wrote is kept: `neuroplast resume` continues it, with "
-                "any number of ranks"
-            ) from None
+            raise failure from None
         except KeyboardInterrupt:
             # A preemption notice is told apart so the command line can exit as if killed by it.
             self.stopped_early = ("interrupted by SIGTERM" if self._stop_signal == signal.SIGTERM
@@ -670,15 +629,6 @@ class Trainer(Context):
         self._saved = (self.epoch, (self._position or {}).get("batch"))
         checkpoint.restore_rng({"data": self.data_generator})
         return checkpoint
-
-
-def _communication_failed(error: RuntimeError) -> bool:
-    """Whether ``error`` is a collective that failed because a peer went away or timed out."""
-    distributed_error = getattr(torch.distributed, "DistError", ())
-    if distributed_error and isinstance(error, distributed_error):
-        return True
-    text = str(error).lower()
-    return any(word in text for word in ("gloo", "nccl", "connection", "timed out", "peer"))
 
 
 class _InterruptFlag:

@@ -1,0 +1,219 @@
+"""Self-sizing inside other frameworks' training loops: Lightning and Hugging Face.
+
+* :class:`~neuroplast.integrations.lightning.NeuroplastCallback`, a Lightning ``Callback``;
+* :class:`~neuroplast.integrations.huggingface.SelfSizingTrainer`, a ``transformers.Trainer``
+  (a subclass: a ``TrainerCallback`` can neither change the loss nor the optimizer's groups).
+
+Both drive a :class:`~neuroplast.sizing.SelfSizing` context, so a method runs the code it runs
+under ``neuroplast train``; this module holds what they share. The framework, not neuroplast,
+computes the loss, so NPN's ARM estimator runs the user's whole loss computation twice (see
+:func:`sized_loss`). Nothing here imports Lightning or transformers: ``import neuroplast`` and
+``import neuroplast.integrations`` never need them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..gates.npn import (
+    _antithetic,
+    _frozen_batchnorm_statistics,
+    _rng_state,
+    _set_rng_state,
+    gradient_term,
+    npn_gates,
+)
+from ..methods.npn import NPN
+from ..policy import Context, Evaluation, Method
+from ..sizing import SelfSizing, join_optimizer
+
+__all__ = ["NeuroplastCallback", "SelfSizingTrainer"]
+
+
+def __getattr__(name: str) -> Any:
+    # The framework loads only when its integration is used.
+    if name == "NeuroplastCallback":
+        from .lightning import NeuroplastCallback
+
+        return NeuroplastCallback
+    if name == "SelfSizingTrainer":
+        from .huggingface import SelfSizingTrainer
+
+        return SelfSizingTrainer
+    raise AttributeError(f"module 'neuroplast.integrations' has no attribute '{name}'")
+
+
+def build(method: str | Method, options: Mapping[str, Any]) -> Method:
+    """The method object for a name and options, or the object given (then without options)."""
+    if isinstance(method, str):
+        from ..methods import build_method
+
+        return build_method(method, dict(options))
+    if options:
+        raise TypeError("give options to the Method object itself, not to the integration")
+    return method
+
+
+def refuse_distributed(world_size: int, framework: str) -> None:
+    """A resize changes parameter shapes on one process only: DDP's reducer and the other
+    ranks' replicas would no longer match, so the integrations run on one device."""
+    if world_size > 1:
+        raise RuntimeError(
+            f"neuroplast's {framework} integration runs on one device (this run has "
+            f"{world_size} processes): a resize would change one replica's parameters under "
+            "DDP. Use `neuroplast train --distributed ...` (neuroplast's own data-parallel "
+            "trainer, which resizes every rank alike) or a single device")
+
+
+def prepare(method: Method, model: nn.Module) -> tuple[nn.Module, set[int]]:
+    """``method.prepare_model(model)`` and the ids of the parameters it added (NPN's ``phi``).
+
+    Runs before the framework builds its optimizer, so the gates exist when it does.
+    """
+    if getattr(method, "per_example", False):
+        raise ValueError(
+            f"{method.name} with per-example gate draws needs per-example losses, which a "
+            "framework's loss does not give: use per_example=False (one draw per batch)")
+    before = {id(p) for p in model.parameters()}
+    prepared = method.prepare_model(model)
+    return prepared, {id(p) for p in prepared.parameters() if id(p) not in before}
+
+
+def adopt_optimizer(method: Method, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    added: set[int], scheduled: bool) -> None:
+    """Give the method's own parameters the optimizer settings ``SelfSizing`` gives them.
+
+    The framework built ``optimizer`` over every parameter, the gates too (with the weights'
+    learning rate and weight decay): take them out of those groups, then let the method put
+    them into groups of their own (NPN: ``gate_lr``, no decay; or its own Adam). ``scheduled``:
+    an LR scheduler already holds one entry per group, so a new group would break it.
+    """
+    for group in optimizer.param_groups:
+        if not all(id(p) in added for p in group["params"]):  # leave a group of gates alone
+            group["params"] = [p for p in group["params"] if id(p) not in added]
+    known = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    lr = optimizer.param_groups[0].get("initial_lr", optimizer.param_groups[0]["lr"])
+    wanted = [p for group in method.param_groups(model, lr) or [] for p in group["params"]
+              if id(p) not in known]
+    if wanted and scheduled:
+        raise ValueError(
+            f"{method.name} adds {len(wanted)} parameter tensors (its gates) as a param group of "
+            "your optimizer, and an LR scheduler built with the optimizer expects its groups "
+            "unchanged: build the optimizer without a scheduler, or give the gates their own "
+            "optimizer (NPN: gate_optimizer='adam')")
+    join_optimizer(method, model, optimizer, lr)
+
+
+def unwrap_optimizer(optimizer: Any) -> torch.optim.Optimizer:
+    """The torch optimizer inside a framework's wrapper (accelerate's, Lightning's)."""
+    while not type(optimizer).__module__.startswith("torch.") and hasattr(optimizer, "optimizer"):
+        optimizer = optimizer.optimizer
+    return optimizer
+
+
+def logits_of(output: Any) -> torch.Tensor:
+    """The logits of a forward pass: a tensor, or a model output's ``logits`` entry."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, Mapping) and "logits" in output:
+        return output["logits"]
+    if hasattr(output, "logits"):
+        return output.logits
+    raise TypeError(f"cannot find logits in a model output of type {type(output).__name__}")
+
+
+class _Logits(nn.Module):
+    """``model`` with its output reduced to logits, in the same train/eval mode."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.inner = model
+        self.train(model.training)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return logits_of(self.inner(inputs))
+
+
+class FrameworkSizing(SelfSizing):
+    """``SelfSizing`` whose validation runs a model that returns a dict or a model output
+    (Hugging Face's ``{"loss": ..., "logits": ...}``) as well as one that returns logits."""
+
+    def evaluate(self, inputs: torch.Tensor, targets: torch.Tensor) -> Evaluation:
+        model = self.model
+        self.model = _Logits(model)  # only for this evaluation; resizes use the model itself
+        try:
+            return super().evaluate(inputs, targets)
+        finally:
+            self.model = model
+
+
+def sized_loss(method: Method, model: nn.Module, compute: Callable[[], torch.Tensor],
+               context: Context | None = None,
+               quiet: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+               ) -> torch.Tensor:
+    """The user's loss with the method's terms: its penalty and, for NPN, ARM's gradient.
+
+    ``compute()`` runs the user's loss computation (the forward pass included) on the current
+    batch. For NPN with random gates it runs twice, as in
+    :func:`~neuroplast.gates.npn.arm_loss`: with staged draws ``u``, the main pass (gates
+    ``1[u < pi]``, with autograd), then the antithetic one (``1[u > 1 - pi]``, no autograd,
+    BatchNorm statistics frozen, dropout replaying the main pass's draws, under ``quiet()``,
+    e.g. muted logging). The loss returned is the main one plus
+    :func:`~neuroplast.gates.npn.gradient_term` of ``k * (F1 - F2) * (u - 1/2)``, a
+    zero-valued term carrying ARM's gradient into ``phi``, plus the penalty.
+    """
+    if not model.training or not torch.is_grad_enabled():
+        return compute()  # evaluation: the user's loss as it is
+    if not isinstance(method, NPN):  # the default training_loss: the loss plus the penalty
+        loss = compute()
+        extra = method.penalty(context)
+        return loss if extra is None else loss + extra
+    if method._gate_optimizer is not None:  # as NPN.training_loss: no one else zeroes it
+        method._gate_optimizer.zero_grad(set_to_none=True)
+    gates = [gate for gate in npn_gates(model) if gate.training and gate.stochastic]
+    if any(gate.per_example for gate in gates):
+        raise ValueError("NPN in a framework's loop draws its gates once per batch: "
+                         "per_example=False")
+    learning = [gate for gate in gates if gate.k > 0]
+    if not learning:  # k = inf (deterministic) or k = 0 (dropout): one pass, no ARM
+        return compute() + method._penalty_with_l0_gradient()
+    draws = {gate: gate.draw(1) for gate in gates}  # per batch: the batch size is not used
+    device = learning[0].phi.device
+    try:
+        for gate, u in draws.items():
+            gate.stage_draws(u)
+        state = _rng_state(device)
+        main = compute()
+        _set_rng_state(state, device)  # the antithetic pass's dropout draws what main drew
+        with torch.no_grad(), _antithetic(gates), _frozen_batchnorm_statistics(model), quiet():
+            other = compute()
+    finally:
+        for gate in gates:
+            gate.stage_draws(None)
+    difference = other.detach() - main.detach()
+    term = gradient_term((gate.phi, gate.k * difference * (draws[gate] - 0.5))
+                         for gate in learning)
+    return main + term + method._penalty_with_l0_gradient()
+
+
+def batch_size(batch: Any) -> int:
+    """Examples in a batch: the length of its first tensor (1 when there is none)."""
+    if isinstance(batch, torch.Tensor):
+        return len(batch) if batch.dim() else 1
+    items: Iterable[Any] = batch.values() if isinstance(batch, Mapping) else (
+        batch if isinstance(batch, (list, tuple)) else ())
+    return next((batch_size(item) for item in items if isinstance(item, torch.Tensor)), 1)
+
+
+def planned_epochs(epochs: float | None, framework: str) -> int:
+    """The planned number of epochs, which a method's schedule follows."""
+    if epochs is None or not epochs > 0 or math.isinf(epochs):
+        raise ValueError(f"neuroplast's {framework} integration needs the planned number of "
+                         "epochs (its method's schedule follows it): set max_epochs")
+    return math.ceil(epochs)

@@ -1,0 +1,161 @@
+"""A Hugging Face ``transformers.Trainer`` whose model sizes itself while it trains.
+
+Example::
+
+    trainer = SelfSizingTrainer(model=model, args=TrainingArguments(...), train_dataset=data,
+                                method="npn", val=(x_val, y_val), model_attribute="net")
+    trainer.train()
+    trainer.history[-1]["widths"]
+
+A subclass rather than a ``TrainerCallback``: callbacks can neither change the loss nor give the
+gates their own param group before the LR scheduler is built. The model is prepared (NPN's
+gates attached) in ``__init__``, so ``create_optimizer`` sees the gates, and moves them into the
+groups the method wants before ``create_scheduler`` runs. ``compute_loss`` adds the method's
+terms (ARM's two passes for NPN). A callback it installs runs the method's hooks:
+``on_pre_optimizer_step`` (its ``after_backward``), ``on_step_end`` (``on_batch_end``) and
+``on_epoch_end``, which evaluates ``val`` and lets the method decide and resize. A resize
+replaces parameters inside the optimizer's param groups and carries their state, so the
+Trainer's optimizer and LR scheduler go on as they were.
+
+Limits: one device (DDP and ``DataParallel`` are refused), gate draws per batch; under NPN the
+loss is computed twice per batch (the second time without gradients); the method's own state
+is not in the Trainer's checkpoints, so a run cannot resume from one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import Trainer, TrainerCallback
+
+from ..policy import Method
+from . import (
+    FrameworkSizing,
+    adopt_optimizer,
+    batch_size,
+    build,
+    planned_epochs,
+    prepare,
+    refuse_distributed,
+    sized_loss,
+    unwrap_optimizer,
+)
+
+Split = tuple[torch.Tensor, torch.Tensor]
+
+
+class SelfSizingTrainer(Trainer):
+    """``transformers.Trainer`` with a neuroplast method sizing ``model`` (or a part of it).
+
+    Args (besides the Trainer's own, ``model`` and ``args`` first):
+        method: a method name (``"npn"``, ``"metanet"``, ...) or a ``Method`` object.
+        val: the validation split ``(inputs, targets)`` every decision is taken on.
+        train: the training split, for methods that read examples (MetaNet's search).
+        model_attribute: the attribute of ``model`` holding the network to size; it (or the
+            model, by default) maps an input tensor to logits or to an output with ``logits``.
+        method_options: the method's options (``{"k_schedule": "1:7"}``).
+        seed: the seed of the method's own random choices.
+
+    After ``train()``, ``history`` holds one dict per epoch (metrics, widths, events) and
+    ``sizing`` the :class:`~neuroplast.sizing.SelfSizing` context.
+    """
+
+    def __init__(self, model: nn.Module | None = None, args: Any = None, *trainer_args: Any,
+                 method: str | Method, val: Split, train: Split | None = None,
+                 model_attribute: str | None = None,
+                 method_options: Mapping[str, Any] | None = None, seed: int = 0,
+                 **trainer_kwargs: Any) -> None:
+        super().__init__(model, args, *trainer_args, **trainer_kwargs)
+        refuse_distributed(max(self.args.world_size, self.args.n_gpu), "Hugging Face")
+        if self.model is None:
+            raise ValueError("SelfSizingTrainer needs a model (model_init is not supported)")
+        self.method = build(method, method_options or {})
+        self.val, self.train_split, self.seed = val, train, seed
+        self.model_attribute = model_attribute
+        network = self.network
+        device = next(network.parameters()).device
+        network, self._added = prepare(self.method, network)
+        network.to(device)  # the gates join the model where the Trainer put it
+        if model_attribute:
+            setattr(self.model, model_attribute, network)
+        else:
+            self.model = network
+        self.sizing: FrameworkSizing | None = None
+        self.history: list[dict[str, Any]] = []
+        self.add_callback(_SizingCallback(self))
+
+    @property
+    def network(self) -> nn.Module:
+        """The network the method sizes."""
+        if not self.model_attribute:
+            return self.model
+        return getattr(self.model, self.model_attribute)
+
+    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
+        """The Trainer's optimizer, the method's parameters in the groups it wants them in."""
+        optimizer = super().create_optimizer(model)
+        adopt_optimizer(self.method, self.network, unwrap_optimizer(optimizer), self._added,
+                        scheduled=self.lr_scheduler is not None)
+        return optimizer
+
+    def compute_loss(self, model: nn.Module, inputs: dict[str, Any],
+                     return_outputs: bool = False, num_items_in_batch: Any = None) -> Any:
+        """The Trainer's loss with the method's terms (when training)."""
+        parent = super().compute_loss
+        if not model.training:  # evaluation and prediction: the loss as it is
+            return parent(model, inputs, return_outputs=return_outputs,
+                          num_items_in_batch=num_items_in_batch)
+        if self.sizing is not None:
+            self.sizing.begin_batch(inputs, inputs.get("labels"))
+        outputs: list[Any] = []
+
+        def compute() -> torch.Tensor:
+            loss, output = parent(model, inputs, return_outputs=True,
+                                  num_items_in_batch=num_items_in_batch)
+            outputs.append(output)
+            return loss
+
+        loss = sized_loss(self.method, self.network, compute, self.sizing)
+        if self.sizing is not None:
+            self.sizing.record_batch(loss, batch_size(inputs))
+        return (loss, outputs[0]) if return_outputs else loss
+
+    def _start_sizing(self, epochs: float) -> None:
+        self.sizing = FrameworkSizing(
+            self.method, self.network, unwrap_optimizer(self.optimizer),
+            epochs=planned_epochs(epochs, "Hugging Face"), val=self.val, train=self.train_split,
+            seed=self.seed, prepared=True)
+        self.history = []
+
+
+class _SizingCallback(TrainerCallback):
+    """The method's hooks at the Trainer's points (the subclass handles loss and optimizer)."""
+
+    def __init__(self, trainer: SelfSizingTrainer) -> None:
+        self.trainer = trainer
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.trainer._start_sizing(state.num_train_epochs)
+
+    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.trainer.sizing is not None:
+            self.trainer.sizing.gradients_ready()  # NPN with its own gate optimizer steps it
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.trainer.sizing is not None:
+            self.trainer.sizing.end_batch()
+
+    def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        sizing = self.trainer.sizing
+        if sizing is None:
+            return
+        self.trainer.history.append(sizing.epoch_end())  # validation, decisions, resizes
+        if sizing.stop_training:
+            control.should_training_stop = True
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.trainer.sizing is not None:
+            self.trainer.sizing.finish()

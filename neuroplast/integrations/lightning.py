@@ -1,0 +1,184 @@
+"""A Lightning ``Callback`` that makes a LightningModule's network self-sizing.
+
+Example::
+
+    callback = NeuroplastCallback("npn", val=(x_val, y_val), model_attribute="model")
+    Trainer(max_epochs=20, callbacks=[callback]).fit(module, loader)
+    callback.history[-1]["widths"]
+
+Lightning's hooks map onto :class:`~neuroplast.sizing.SelfSizing`'s: ``setup`` prepares the
+network (NPN attaches its gates) before ``configure_optimizers`` runs; the module's
+``training_step`` is wrapped so its loss carries the method's terms (ARM's two passes for
+NPN); ``on_before_optimizer_step`` is the method's ``after_backward``, ``on_train_batch_end``
+its ``on_batch_end``; ``on_train_epoch_end`` evaluates ``val`` and lets the method decide and
+resize, with the optimizer's state carried along.
+
+Limits: one device (DDP is refused, see :func:`~neuroplast.integrations.refuse_distributed`),
+one optimizer, automatic optimization, gate draws per batch. Under NPN the training step runs
+twice per batch (the second time without gradients and with ``self.log`` muted). The method's
+own state is not in Lightning's checkpoints, so a run cannot resume from one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from torch import nn
+
+from ..policy import Method
+from . import (
+    FrameworkSizing,
+    adopt_optimizer,
+    batch_size,
+    build,
+    planned_epochs,
+    prepare,
+    refuse_distributed,
+    sized_loss,
+)
+
+Split = tuple[torch.Tensor, torch.Tensor]
+
+
+class NeuroplastCallback(Callback):
+    """Make ``getattr(pl_module, model_attribute)`` self-sizing with ``method``.
+
+    Args:
+        method: a method name (``"npn"``, ``"metanet"``, ...) or a ``Method`` object.
+        val: the validation split ``(inputs, targets)`` every decision is taken on.
+        train: the training split, for methods that read examples (MetaNet's search).
+        model_attribute: the module's attribute holding the network (it maps inputs to logits).
+        seed: the seed of the method's own random choices.
+        **options: the method's options (``k_schedule="1:7"``, ``implementation="physical"``).
+
+    After training, ``history`` holds one dict per epoch (metrics, widths, events) and
+    ``sizing`` the :class:`~neuroplast.sizing.SelfSizing` context.
+    """
+
+    def __init__(self, method: str | Method, val: Split, train: Split | None = None,
+                 model_attribute: str = "model", seed: int = 0, **options: Any) -> None:
+        self.method = build(method, options)
+        self.val, self.train, self.seed = val, train, seed
+        self.model_attribute = model_attribute
+        self.sizing: FrameworkSizing | None = None
+        self.history: list[dict[str, Any]] = []
+        self._added: set[int] | None = None  # ids of the parameters the method added
+        self._wrapped: tuple[LightningModule, Any] | None = None  # module, its own attribute
+
+    def network(self, pl_module: LightningModule) -> nn.Module:
+        """The network the method sizes."""
+        network = getattr(pl_module, self.model_attribute, None)
+        if not isinstance(network, nn.Module):
+            raise AttributeError(f"the LightningModule has no network at .{self.model_attribute}"
+                                 ": give NeuroplastCallback(model_attribute=...)")
+        return network
+
+    # ------------------------------------------------------------ before the optimizer
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        refuse_distributed(trainer.world_size, "Lightning")
+        if not pl_module.automatic_optimization:
+            raise ValueError("neuroplast's Lightning callback needs automatic optimization: its "
+                             "terms join the loss your training_step returns")
+        if self._added is None:  # once: a second fit goes on with the prepared network
+            network, self._added = prepare(self.method, self.network(pl_module))
+            setattr(pl_module, self.model_attribute, network)
+        if self._wrapped is None:
+            original = pl_module.training_step
+            self._wrapped = (pl_module, vars(pl_module).get("training_step"))
+
+            def training_step(*args: Any, **kwargs: Any) -> Any:
+                return self.training_step(pl_module, original, *args, **kwargs)
+
+            pl_module.training_step = training_step
+
+    def training_step(self, pl_module: LightningModule, original: Callable[..., Any],
+                      batch: Any, *args: Any, **kwargs: Any) -> Any:
+        """``original(batch, ...)`` with the method's terms in its loss (the wrapped step)."""
+        pairs = batch if isinstance(batch, (list, tuple)) and len(batch) == 2 else (batch, None)
+        if self.sizing is not None:
+            self.sizing.begin_batch(*pairs)
+        outputs: list[Any] = []
+
+        def compute() -> torch.Tensor:
+            output = original(batch, *args, **kwargs)
+            outputs.append(output)
+            loss = output.get("loss") if isinstance(output, Mapping) else output
+            if not isinstance(loss, torch.Tensor):
+                raise TypeError("under neuroplast a training_step returns its loss (a tensor, "
+                                f"or a dict with 'loss'), not {type(output).__name__}")
+            return loss
+
+        loss = sized_loss(self.method, self.network(pl_module), compute, self.sizing,
+                          quiet=lambda: _muted_logging(pl_module))
+        if self.sizing is not None:
+            self.sizing.record_batch(loss, batch_size(batch))
+        main = outputs[0]  # the main pass's output, with the loss that trains
+        return {**main, "loss": loss} if isinstance(main, Mapping) else loss
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if len(trainer.optimizers) != 1:
+            raise ValueError("neuroplast's Lightning callback sizes with one optimizer; "
+                             f"configure_optimizers gave {len(trainer.optimizers)}")
+        optimizer = trainer.optimizers[0]
+        scheduled = any(config.scheduler.optimizer is optimizer
+                        for config in trainer.lr_scheduler_configs)
+        adopt_optimizer(self.method, self.network(pl_module), optimizer, self._added or set(),
+                        scheduled)
+
+    # ------------------------------------------------------------ training
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.sizing = FrameworkSizing(
+            self.method, self.network(pl_module), trainer.optimizers[0],
+            epochs=planned_epochs(trainer.max_epochs, "Lightning"), val=self.val,
+            train=self.train, seed=self.seed, prepared=True)
+        self.history = []
+
+    def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule,
+                                 optimizer: torch.optim.Optimizer) -> None:
+        if self.sizing is not None:
+            self.sizing.gradients_ready()  # NPN with its own gate optimizer steps it here
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        if self.sizing is not None:
+            self.sizing.end_batch()
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.sizing is None:
+            return
+        self.history.append(self.sizing.epoch_end())  # validation, decisions, resizes
+        if self.sizing.stop_training:
+            trainer.should_stop = True
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.sizing is not None:
+            self.sizing.finish()  # NPN's final compaction, if the last epoch did not run it
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self._wrapped is not None:
+            module, own = self._wrapped
+            del module.training_step  # the class's training_step again ...
+            if own is not None:
+                module.training_step = own  # ... or the instance's own
+            self._wrapped = None
+
+
+@contextlib.contextmanager
+def _muted_logging(module: LightningModule) -> Iterator[None]:
+    """``self.log`` and ``self.log_dict`` do nothing: the antithetic pass logs no metrics."""
+    saved = {name: vars(module).get(name) for name in ("log", "log_dict")}
+    for name in saved:
+        setattr(module, name, lambda *args, **kwargs: None)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            delattr(module, name)
+            if value is not None:
+                setattr(module, name, value)
