@@ -27,6 +27,7 @@ from .core.resize import grow_units, prune_units, split_units
 from .distributed import SingleProcess
 
 if TYPE_CHECKING:  # only for type hints
+    from .core.trace import UnitGraph
     from .data import DataSplits
     from .distributed import DistributedContext
     from .train.loop import TrainConfig
@@ -53,6 +54,8 @@ class Context:
         last_metrics: the last epoch's ``val_loss``, ``val_accuracy``, ``val_loss_se``, ...
         stop_training: set it to end training after the current epoch.
         device: where the model lives.
+        graph: the traced unit groups of a model neuroplast cannot walk (or None), for
+            methods that resize any group (MetaNet's search).
     """
 
     model: nn.Module
@@ -62,6 +65,7 @@ class Context:
     device: torch.device
     distributed: DistributedContext | None = None
     strategy: DistributedContext | SingleProcess = SingleProcess()  # one process, or DDP ranks
+    graph: UnitGraph | None = None  # a traced model's unit groups; None: its declared chains
     epoch: int = 0
     stop_training: bool = False
 
@@ -73,6 +77,20 @@ class Context:
         """Forward passes under ``config.precision`` (bfloat16 autocast for "bf16-mixed")."""
         enabled = getattr(self.config, "precision", "32") == "bf16-mixed"
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    def live_widths(self) -> dict[str, int]:
+        """Units in use per resizable layer (a traced model's: per unit group)."""
+        if self.graph is not None:
+            return self.graph.widths()
+        return self.method.live_widths(self.model)
+
+    def width_meanings(self) -> dict[str, str]:
+        """What each entry of :meth:`live_widths` counts."""
+        if self.graph is not None:
+            kinds = {"units": "units it outputs", "stream": "channels of the residual stream",
+                     "heads": "attention heads"}
+            return {name: kinds[group.kind] for name, group in self.graph.groups.items()}
+        return self.method.width_meanings(self.model)
 
     @property
     def train_model(self) -> nn.Module:

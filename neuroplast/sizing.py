@@ -38,6 +38,11 @@ class SelfSizing(Context):
         train: the training split, for methods that read training examples (MetaNet's search,
             NPN's expand mode); batches still come from your loop.
         seed: the seed of the method's own random choices.
+        example: an example input to trace the model with (any model: a residual network, a
+            transformer); its unit groups (:func:`~neuroplast.trace_unit_groups`) are what
+            MetaNet's search resizes, by default every layer's units (``layers="..."`` names
+            groups, residual streams and heads included). Without it the model's declared chains
+            are used.
         prepared: ``model`` already went through ``method.prepare_model`` (the Lightning and
             Hugging Face integrations prepare it before their framework builds the optimizer).
         **options: the method's options (``k_schedule="1:7,1001:inf"``, ``mode="expand"``).
@@ -55,8 +60,8 @@ class SelfSizing(Context):
 
     def __init__(self, method: str | Method, model: nn.Module,
                  optimizer: torch.optim.Optimizer, *, epochs: int, val: Split,
-                 train: Split | None = None, seed: int = 0, prepared: bool = False,
-                 **options: Any) -> None:
+                 train: Split | None = None, seed: int = 0, example: Any = None,
+                 prepared: bool = False, **options: Any) -> None:
         super().__init__()
         if isinstance(method, str):
             from .methods import build_method
@@ -77,6 +82,10 @@ class SelfSizing(Context):
         self.config = TrainConfig(epochs=epochs, lr=first.get("initial_lr", first["lr"]),
                                   seed=seed, progress=False)
         self.method = method
+        if example is not None:
+            from .core.trace import trace_unit_groups
+
+            self.graph = trace_unit_groups(model, example)
         # An integration prepares the model before its framework builds the optimizer.
         self.model = (model if prepared else method.prepare_model(model)).to(self.device)
         self.optimizer = optimizer
@@ -164,7 +173,7 @@ class SelfSizing(Context):
         self.epoch, self._in_epoch = epoch, False
         if epoch >= self.config.epochs or self.stop_training:
             self.finish()
-        return {**self.last_metrics, "widths": self.method.live_widths(self.model),
+        return {**self.last_metrics, "widths": self.live_widths(),
                 "events": list(self.events)}
 
 

@@ -74,3 +74,33 @@ def test_step_before_loss_is_a_clear_error():
                         val=(data.x_val, data.y_val))
     with pytest.raises(RuntimeError, match=r"call sizing.loss\(x, y\)"):
         sizing.step()
+
+
+def test_metanet_searches_the_groups_of_a_traced_model():
+    """MetaNet's width search on a model neuroplast cannot walk (a residual CNN written by
+    hand): it grows and shrinks the block's traced group, the optimizer follows, training
+    goes on at the chosen width."""
+    from benchmarks.zoo import ResidualCNN
+
+    torch.manual_seed(0)
+    data = load_dataset("digits", seed=0)
+    images = data.x_train.repeat(1, 3, 1, 1), data.x_val.repeat(1, 3, 1, 1)
+    model = ResidualCNN(width=8)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    sizing = SelfSizing("metanet", model, optimizer, epochs=12, val=(images[1], data.y_val),
+                        train=(images[0], data.y_train), example=images[1][:2])
+    assert sizing.graph.widths() == {"stem:stream": 8, "conv1": 8}
+    widths = []
+    for _ in range(12):
+        for rows in torch.randperm(len(data.y_train)).split(64):
+            optimizer.zero_grad()
+            sizing.loss(images[0][rows], data.y_train[rows]).backward()
+            sizing.step()
+        record = sizing.epoch_end()
+        widths.append(model.conv1.out_channels)
+    assert len(set(widths)) >= 2, widths  # the search resized the block
+    assert model.bn1.num_features == model.conv1.out_channels == model.conv2.in_channels
+    for parameter in model.parameters():
+        state = optimizer.state.get(parameter)
+        assert state is None or state["exp_avg"].shape == parameter.shape
+    assert record["val_accuracy"] > 0.5

@@ -61,7 +61,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..core.groups import select_unit_groups
+from ..core.groups import UnsupportedModelError, select_unit_groups
 from ..policy import Method, option
 from .expression import (
     ExpressionMonitor,
@@ -83,6 +83,7 @@ from .proliferation import (
 from .width_search import SEARCH_SHARE, WidthSearch
 
 if TYPE_CHECKING:
+    from ..core.trace import UnitGraph
     from ..policy import Context
 
 STRATEGIES = ("search", "metabolism")
@@ -327,7 +328,10 @@ class MetaNet(Method):
         elif self.search_share != SEARCH_SHARE:
             fail("search_share", "is an option of --metanet-strategy search")
 
-    def _resolve_layers(self, model: torch.nn.Module) -> list[str]:
+    def _resolve_layers(self, model: torch.nn.Module, graph: UnitGraph | None = None
+                        ) -> list[str]:
+        if graph is not None:
+            return self._traced_layers(graph)
         names = list(select_unit_groups(model, self.layers, "--metanet-layers"))
         if not names:
             raise ValueError("metanet found no resizable hidden layer in this model")
@@ -337,14 +341,38 @@ class MetaNet(Method):
                 splitting_activation(model, name)  # clear error for ReLU, before training
         return names
 
+    def _traced_layers(self, graph: UnitGraph) -> list[str]:
+        """The groups a traced model's search resizes: every layer's units by default (not
+        its residual streams or heads, which ``layers`` may name)."""
+        if self._search is None:
+            raise ValueError("on a traced model metanet runs its width search; the metabolism "
+                             "needs an MLP's Linear layers (drop --metanet-strategy metabolism)")
+        spec = self.layers.strip()
+        units = [name for name, group in graph.groups.items() if group.kind == "units"]
+        if spec in ("all", "first"):
+            names = units if spec == "all" else units[:1]
+        else:
+            names = [name.strip() for name in spec.split(",") if name.strip()]
+            unknown = [name for name in names if name not in graph.groups]
+            if unknown:
+                raise ValueError(f"metanet layers {unknown} are not unit groups of this model; "
+                                 f"its groups are {list(graph.groups)}")
+        if not names:
+            raise ValueError("metanet found no resizable group in this model")
+        return names
+
     # ------------------------------------------------------------------ hooks
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
-        """Check the layers to metabolise exist and are fully connected (no change)."""
-        self._resolve_layers(model)
+        """Check the layers to metabolise exist and are fully connected (no change). A model
+        neuroplast cannot walk is checked against its traced groups when training begins."""
+        try:
+            self._resolve_layers(model)
+        except UnsupportedModelError:
+            pass
         return model
 
     def on_train_begin(self, trainer: Context) -> None:
-        self._layers = self._resolve_layers(trainer.model)
+        self._layers = self._resolve_layers(trainer.model, getattr(trainer, "graph", None))
         if self._search is not None:
             self._search.begin(trainer, self._layers)
             return

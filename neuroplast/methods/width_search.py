@@ -70,6 +70,7 @@ from .expression import dense_group, feature_module
 from .proliferation import warm_second_moments
 
 if TYPE_CHECKING:
+    from ..core.trace import UnitGraph
     from ..policy import Context
 
 TOLERANCE_POINTS = 0.005  # the least tolerance: 0.5 points of accuracy, as the panel's
@@ -202,8 +203,9 @@ class WidthSearch:
     def begin(self, trainer: Context, layers: list[str]) -> None:
         """Before training (also on resume, which keeps the starts and the rungs)."""
         self.layers = layers
+        self.units = unit_access(trainer)
         if not self.starts:
-            self.starts = {layer: dense_group(trainer.model, layer).width for layer in layers}
+            self.starts = {layer: self.units.width(layer) for layer in layers}
         if self.ladder is None:
             self.ladder = WidthLadder(self.starts[layers[0]], self.min_width, self.max_width,
                                       examples=len(getattr(trainer.data, "y_val", ())))
@@ -275,7 +277,7 @@ class WidthSearch:
         return True
 
     def _width(self, trainer: Context) -> int:
-        return dense_group(trainer.model, self.layers[0]).width
+        return self.units.width(self.layers[0])
 
     def _targets(self, width: int) -> dict[str, int]:
         """Every layer's width for ``width`` units in the first: scaled from its start."""
@@ -287,28 +289,23 @@ class WidthSearch:
         generator = torch.Generator().manual_seed(trainer.config.seed * 1_000_003 + epoch)
         data = trainer.data
         for layer, target in self._targets(width).items():
-            current = dense_group(trainer.model, layer).width
+            current = self.units.width(layer)
             if target > current:
-                grow_units(trainer.model, layer, target - current, optimizer=trainer.optimizer,
-                           generator=generator)
-                warm_second_moments(trainer.model, layer, current, trainer.optimizer)
+                self.units.grow(layer, target - current, trainer.optimizer, generator)
                 trainer.log_event(f"search: {layer} +{target - current} to {target}")
             elif target < current:
                 count = min(len(data.y_train), max(COMPRESSION_SAMPLES, 2 * target))
                 index = torch.randperm(len(data.y_train), generator=generator)[:count]
-                compress(trainer.model, layer, target, data.x_train[index.to(data.y_train.device)],
-                         optimizer=trainer.optimizer)
-                trainer.log_event(f"search: {layer} compressed from {current} to {target}")
+                how = self.units.shrink(layer, target,
+                                        data.x_train[index.to(data.y_train.device)],
+                                        trainer.optimizer)
+                trainer.log_event(f"search: {layer} {how} from {current} to {target}")
 
     def _restore(self, trainer: Context, width: int) -> None:
         """Back to the copy of the network taken at the end of ``width``'s last rung."""
         model = trainer.model
         for layer, target in self._targets(width).items():
-            current = dense_group(model, layer).width
-            if target < current:
-                prune_units(model, layer, torch.arange(target), optimizer=trainer.optimizer)
-            elif target > current:
-                grow_units(model, layer, target - current, optimizer=trainer.optimizer)
+            self.units.resize(layer, target, trainer.optimizer)
         model.load_state_dict(self.copies[width])
         # The moments described another network; a fresh start suits the copy better.
         for parameter in model.parameters():
@@ -337,6 +334,84 @@ class WidthSearch:
         self.previous = dict(state["previous"])
         self.searching = bool(state["searching"])
         self.copies = {int(w): dict(c) for w, c in state["copies"].items()}
+
+
+class ChainUnits:
+    """The search's resizes on a model's declared chains (built-in and registered models):
+    growth warms Adam's second moments, shrinking is :func:`compress`."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    def width(self, layer: str) -> int:
+        return dense_group(self.model, layer).width
+
+    def grow(self, layer: str, n: int, optimizer: OptimizerArg,
+             generator: torch.Generator) -> None:
+        current = self.width(layer)
+        grow_units(self.model, layer, n, optimizer=optimizer, generator=generator)
+        warm_second_moments(self.model, layer, current, optimizer)
+
+    def shrink(self, layer: str, keep: int, inputs: torch.Tensor,
+               optimizer: OptimizerArg) -> str:
+        compress(self.model, layer, keep, inputs, optimizer=optimizer)
+        return "compressed"
+
+    def resize(self, layer: str, target: int, optimizer: OptimizerArg) -> None:
+        current = self.width(layer)
+        if target < current:
+            prune_units(self.model, layer, torch.arange(target), optimizer=optimizer)
+        elif target > current:
+            grow_units(self.model, layer, target - current, optimizer=optimizer)
+
+
+class TracedUnits:
+    """The search's resizes on a traced model's groups (``trace_unit_groups``): any layer's
+    units, a residual stream, attention heads. Shrinking keeps the units of largest weight
+    norm in and out (no least-squares refit: their readers are not one Linear in general)."""
+
+    def __init__(self, graph: UnitGraph) -> None:
+        self.graph = graph
+
+    def width(self, layer: str) -> int:
+        return self.graph.group(layer).width
+
+    def grow(self, layer: str, n: int, optimizer: OptimizerArg,
+             generator: torch.Generator) -> None:
+        self.graph.grow(layer, n, optimizer=optimizer, generator=generator)
+
+    def shrink(self, layer: str, keep: int, inputs: torch.Tensor,
+               optimizer: OptimizerArg) -> str:
+        group = self.graph.group(layer)
+        energy = {"produces": torch.zeros(group.width, dtype=torch.float64),
+                  "consumes": torch.zeros(group.width, dtype=torch.float64)}
+        for tensor in group.tensors:
+            if tensor.role not in energy:
+                continue
+            module_name, _, attr = tensor.name.rpartition(".")
+            values = getattr(self.graph.model.get_submodule(module_name), attr).detach()
+            per_entry = values.double().cpu().square().transpose(0, tensor.dim)
+            per_entry = per_entry.reshape(per_entry.shape[0], -1).sum(1)
+            units, _, _ = self.graph.atoms.positions(tensor.atom, group.atom, group.width)
+            inside = units >= 0
+            energy[tensor.role].index_add_(0, units[inside], per_entry[inside])
+        score = energy["produces"].sqrt() * energy["consumes"].sqrt()
+        chosen = torch.argsort(score, descending=True)[:keep].sort().values
+        self.graph.prune(layer, chosen, optimizer=optimizer)
+        return "shrunk (largest weights kept)"
+
+    def resize(self, layer: str, target: int, optimizer: OptimizerArg) -> None:
+        current = self.width(layer)
+        if target < current:
+            self.graph.prune(layer, torch.arange(target), optimizer=optimizer)
+        elif target > current:
+            self.graph.grow(layer, target - current, optimizer=optimizer)
+
+
+def unit_access(context: Context) -> ChainUnits | TracedUnits:
+    """How the search resizes the context's model: its traced graph if it has one."""
+    graph = getattr(context, "graph", None)
+    return TracedUnits(graph) if graph is not None else ChainUnits(context.model)
 
 
 def _copy(model: nn.Module) -> dict[str, torch.Tensor]:

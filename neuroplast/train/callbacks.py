@@ -37,8 +37,8 @@ class CollapseGuard(Callback):
 
     def on_epoch_end(self, trainer: Context, epoch: int) -> None:
         method = trainer.method
-        widths = method.live_widths(trainer.model)
-        meanings = method.width_meanings(trainer.model)
+        widths = trainer.live_widths()
+        meanings = trainer.width_meanings()
         for layer, width in widths.items():
             # A residual block whose units are all gone passes its input on: only a network
             # whose outputs no longer differ between inputs has collapsed.
@@ -64,7 +64,7 @@ class CollapseGuard(Callback):
         loss_margin = 2 * (trainer.last_metrics.get("val_loss_se") or 0.0)
         learned = loss is not None and loss < prior_loss - loss_margin
         if accuracy <= chance + margin and not learned:
-            widths = "-".join(map(str, trainer.method.live_widths(trainer.model).values()))
+            widths = "-".join(map(str, trainer.live_widths().values()))
             raise TrainingCollapsed(
                 f"{trainer.method.name} ended at {accuracy:.1%} validation accuracy, chance "
                 f"level for this data ({chance:.1%} is the largest class), with widths {widths}: "
