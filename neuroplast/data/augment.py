@@ -80,3 +80,34 @@ def black_fill(input_mean: Sequence[float] | None, input_std: Sequence[float] | 
     if len(input_mean) != channels:  # standardised per feature, not per channel
         return [0.0] * channels
     return [-mean / std for mean, std in zip(input_mean, input_std, strict=True)]
+
+
+class BatchAugmentation:
+    """The training batches' transform: random shifts (and mirrors), each batch's draws a
+    function of (seed, epoch, batch) only, so a resumed run and every data-parallel rank
+    augment as one process does.
+
+    Example::
+
+        augment = BatchAugmentation("crop-flip", padding=4, seed=0, fill=[0.0, 0.0, 0.0])
+        x = augment(x, epoch=1, index=0)   # the first batch of the first epoch
+    """
+
+    def __init__(self, kind: str, padding: int, seed: int, fill: Sequence[float]) -> None:
+        check_augmentation(kind, padding)
+        self.kind, self.padding, self.seed, self.fill = kind, padding, seed, list(fill)
+
+    def __call__(self, x: torch.Tensor, epoch: int, index: int,
+                 rows: torch.Tensor | None = None, batch_size: int | None = None
+                 ) -> torch.Tensor:
+        """Batch ``index`` of ``epoch``, augmented; ``rows`` are this process's rows of a
+        global batch of ``batch_size`` (data parallelism), None for the whole batch."""
+        if self.kind == "none":
+            return x
+        # Distinct for every (epoch, batch) below a million, and the same in any Python.
+        key = (self.seed * 1_000_003 + epoch) * 1_000_003 + index
+        generator = torch.Generator().manual_seed(key % 2**63)
+        return augment_images(x, generator, padding=self.padding, flip=self.kind == "crop-flip",
+                              fill=self.fill, rows=rows,
+                              batch_size=batch_size if batch_size is not None else len(x))
+

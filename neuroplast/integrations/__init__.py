@@ -71,8 +71,9 @@ def refuse_distributed(world_size: int, framework: str) -> None:
             "trainer, which resizes every rank alike) or a single device")
 
 
-def prepare(method: Method, model: nn.Module) -> tuple[nn.Module, set[int]]:
-    """``method.prepare_model(model)`` and the ids of the parameters it added (NPN's ``phi``).
+def prepare(method: Method, model: nn.Module) -> tuple[nn.Module, set[str]]:
+    """``method.prepare_model(model)`` and the names of the parameters it added (NPN's
+    ``phi``; names, as a resize replaces the tensors but keeps their names).
 
     Runs before the framework builds its optimizer, so the gates exist when it does.
     """
@@ -82,11 +83,11 @@ def prepare(method: Method, model: nn.Module) -> tuple[nn.Module, set[int]]:
             "framework's loss does not give: use per_example=False (one draw per batch)")
     before = {id(p) for p in model.parameters()}
     prepared = method.prepare_model(model)
-    return prepared, {id(p) for p in prepared.parameters() if id(p) not in before}
+    return prepared, {name for name, p in prepared.named_parameters() if id(p) not in before}
 
 
 def adopt_optimizer(method: Method, model: nn.Module, optimizer: torch.optim.Optimizer,
-                    added: set[int], scheduled: bool) -> None:
+                    added_names: set[str], scheduled: bool) -> None:
     """Give the method's own parameters the optimizer settings ``SelfSizing`` gives them.
 
     The framework built ``optimizer`` over every parameter, the gates too (with the weights'
@@ -94,6 +95,7 @@ def adopt_optimizer(method: Method, model: nn.Module, optimizer: torch.optim.Opt
     them into groups of their own (NPN: ``gate_lr``, no decay; or its own Adam). ``scheduled``:
     an LR scheduler already holds one entry per group, so a new group would break it.
     """
+    added = {id(p) for name, p in model.named_parameters() if name in added_names}
     for group in optimizer.param_groups:
         if not all(id(p) in added for p in group["params"]):  # leave a group of gates alone
             group["params"] = [p for p in group["params"] if id(p) not in added]

@@ -66,7 +66,7 @@ class NeuroplastCallback(Callback):
         self.model_attribute = model_attribute
         self.sizing: FrameworkSizing | None = None
         self.history: list[dict[str, Any]] = []
-        self._added: set[int] | None = None  # ids of the parameters the method added
+        self._added: set[str] | None = None  # names of the parameters the method added
         self._wrapped: tuple[LightningModule, Any] | None = None  # module, its own attribute
 
     def network(self, pl_module: LightningModule) -> nn.Module:

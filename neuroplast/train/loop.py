@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from ..core.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from ..core.count import count_model
 from ..data import DataSplits
-from ..data.augment import augment_images, black_fill, check_augmentation
+from ..data.augment import BatchAugmentation, black_fill, check_augmentation
 from ..distributed import DistributedContext, SingleProcess
 from ..policy import Callback, Context, Method
 from .callbacks import CollapseGuard, TrainingCollapsed
@@ -229,6 +229,10 @@ class Trainer(Context):
         # the device a batch at a time; data already there (``data.to(device)``) is not copied.
         self.data = data
         check_augmentation(self.config.augment, self.config.augment_padding, data.input_shape)
+        channels = data.input_shape[0] if data.input_shape else 1
+        self.augmentation = BatchAugmentation(
+            self.config.augment, self.config.augment_padding, self.config.seed,
+            black_fill(data.input_mean, data.input_std, channels))
         self.method = method
         self.callbacks: list[Callback] = [method, CollapseGuard(), *callbacks]
         self.model = method.prepare_model(model).to(self.device)
@@ -349,8 +353,8 @@ class Trainer(Context):
         rows = self._share(batch)
         x = self.data.x_train[rows].to(self.device, non_blocking=True)
         y = self.data.y_train[rows].to(self.device, non_blocking=True)
-        if self.config.augment != "none":
-            x = self._augment(x, epoch, index, len(batch))
+        rows_of_batch = None if self.batch_rows is None else self.batch_rows[1]
+        x = self.augmentation(x, epoch, index, rows_of_batch, len(batch))
         for callback in self.callbacks:
             callback.on_batch_begin(self, x, y)
         self.optimizer.zero_grad(set_to_none=True)
@@ -399,19 +403,6 @@ class Trainer(Context):
         finally:
             self.batch_rows = rows
         return value, correct, torch.tensor(value)
-
-    def _augment(self, x: torch.Tensor, epoch: int, index: int, batch_size: int) -> torch.Tensor:
-        """This batch's shifted (and mirrored) images. The draws depend only on the seed, the
-        epoch and the batch, so a resumed run and every DDP rank augment as one process does."""
-        # Distinct for every (epoch, batch) below a million, and the same in any Python.
-        key = (self.config.seed * 1_000_003 + epoch) * 1_000_003 + index
-        generator = torch.Generator().manual_seed(key % 2**63)
-        rows = None if self.batch_rows is None else self.batch_rows[1]
-        return augment_images(
-            x, generator, padding=self.config.augment_padding,
-            flip=self.config.augment == "crop-flip",
-            fill=black_fill(self.data.input_mean, self.data.input_std, x.shape[1]),
-            rows=rows, batch_size=batch_size)
 
     def _diverged(self, value: float, epoch: int, index: int) -> None:
         raise TrainingDiverged(
