@@ -37,6 +37,7 @@ from torch.nn.utils import parametrize
 from .core.groups import find_unit_groups, model_chains
 from .core.layers import layer_coupling
 from .core.resize import expand_unit_indices, prune_units
+from .core.trace import output_tensors
 
 
 class ExportError(RuntimeError):
@@ -397,17 +398,7 @@ class TensorInputsOutputs(nn.Module):
             result = self.model(**dict(zip(self.names, inputs, strict=True)))
         else:
             result = self.model(*inputs)
-        return tuple(_output_tensors(result))
-
-
-def _output_tensors(value: Any) -> list[torch.Tensor]:
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if isinstance(value, Mapping):
-        return [t for item in value.values() for t in _output_tensors(item)]
-    if isinstance(value, (tuple, list)):
-        return [t for item in value for t in _output_tensors(item)]
-    return []  # e.g. a language model's key/value cache
+        return tuple(output_tensors(result))
 
 
 def _exportable(

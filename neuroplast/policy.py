@@ -215,6 +215,8 @@ class Method(Callback):
     description: ClassVar[str] = ""
     #: False for a method that never changes the architecture (``fixed``).
     resizes: ClassVar[bool] = True
+    #: True for a method that resizes the groups of a traced model (``Context.graph``).
+    resizes_traced_groups: ClassVar[bool] = False
     #: Training settings (TrainConfig fields) the method needs to finish its own schedule; the
     #: command line uses them for a run without a recipe, under any option typed.
     train_defaults: ClassVar[dict[str, Any]] = {}

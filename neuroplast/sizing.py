@@ -83,6 +83,11 @@ class SelfSizing(Context):
                                   seed=seed, progress=False)
         self.method = method
         if example is not None:
+            if not method.resizes_traced_groups:
+                raise ValueError(
+                    f"example= traces the model for methods that resize its unit groups "
+                    f"(metanet); {method.name} does not: drop example=, or put NPN gates on a "
+                    "traced model with neuroplast.gates.attach_traced_gates")
             from .core.trace import trace_unit_groups
 
             self.graph = trace_unit_groups(model, example)

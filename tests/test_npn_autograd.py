@@ -115,3 +115,31 @@ def test_no_gradient_where_the_gates_do_not_learn(k):
     loss, _ = arm_loss(model, [gate], x, y)
     loss.backward()
     assert gate.phi.grad is None
+
+
+def test_npn_keeps_phi_gradients_of_earlier_micro_batches():
+    """With its own gate optimizer, NPN must not clear phi's gradient before each micro-batch
+    (a reviewer found accumulation kept only the last one's); it clears after its step."""
+    from neuroplast.methods.npn import NPN
+    from neuroplast.models import build_model
+
+    class Loop:
+        pass
+
+    grads = []
+    for held in (None, 1.0):
+        torch.manual_seed(0)
+        model = build_model("mlp", (1, 8, 8), 10, widths=[12]).train()
+        method = NPN(gate_optimizer="adam", k_schedule="1:3")
+        method.prepare_model(model)
+        method.set_k(3.0)
+        loop = Loop()
+        loop.model = model
+        method._start_gate_optimizer(loop)
+        gate = method._layers[0].gate
+        gate.phi.grad = None if held is None else torch.full_like(gate.phi, held)
+        torch.manual_seed(5)
+        loss, _ = method.training_loss(loop, torch.randn(16, 1, 8, 8), torch.arange(16) % 10)
+        loss.backward()
+        grads.append(gate.phi.grad.clone())
+    torch.testing.assert_close(grads[1] - 1.0, grads[0])

@@ -339,3 +339,57 @@ def test_group_norm_keeps_its_groups_and_rms_norm_follows_its_units():
     assert model.conv2.weight.shape == (4, 4, 1, 1) and model(x).shape == (2, 2)
     graph.prune("fc", range(9))
     assert model.rms.normalized_shape == (9,) and model(x).shape == (2, 2)
+
+
+class SplitWritten(nn.Module):
+    """A Linear's output split at a size written in the code, its parts swapped."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.fc = nn.Linear(4, 32), nn.Linear(32, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p, q = self.a(x).split(16, -1)
+        return self.fc(torch.cat([q, p], -1).relu())
+
+
+class SelectsAUnit(nn.Module):
+    """One unit of a layer is read by index (h[:, 2]) as well as by the next layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 8), nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        return self.b(h.relu()) * torch.sigmoid(h[:, 2]).unsqueeze(1)
+
+
+class KeepsItsClassCount(nn.Module):
+    """A conv net whose num_classes happens to equal its conv's width."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.num_classes = 10
+        self.c, self.fc = nn.Conv2d(3, 10, 3), nn.Linear(10 * 4 * 4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.c(x).relu().view(x.shape[0], -1))
+
+
+def test_units_the_code_addresses_by_position_are_refused():
+    """A split at a written size and an indexed unit would read other units after a resize:
+    neither is offered (found by a reviewer: both were offered and pruned silently wrong)."""
+    graph = trace_unit_groups(SplitWritten(), torch.randn(5, 4))
+    assert "a" not in graph.groups
+    assert any("constants" in reason for reason in graph.blocked.values())
+    graph = trace_unit_groups(SelectsAUnit(), torch.randn(5, 4))
+    assert "a" not in graph.groups
+    assert any("picks one entry" in reason for reason in graph.blocked.values())
+
+
+def test_only_width_attributes_follow_a_resize():
+    model = KeepsItsClassCount()
+    graph = trace_unit_groups(model, torch.randn(2, 3, 6, 6))
+    graph.prune("c", range(9))
+    assert model.num_classes == 10 and model(torch.randn(2, 3, 6, 6)).shape == (2, 10)

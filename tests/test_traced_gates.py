@@ -144,3 +144,53 @@ def test_a_language_model_exports_with_its_token_ids(tmp_path):
     ids = example["input_ids"]
     with torch.no_grad():
         torch.testing.assert_close(program(ids)[0], model(input_ids=ids).logits)
+
+
+class ConcatReader(nn.Module):
+    """Two conv branches concatenated and read by one conv: its input holds both groups."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(3, 6, 3, padding=1)
+        self.c3 = nn.Conv2d(10, 5, 1)
+        self.head = nn.Linear(5, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.cat([self.c1(x).relu(), self.c2(x).relu()], dim=1)
+        return self.head(self.c3(y).relu().mean(dim=(2, 3)))
+
+
+def test_gates_on_groups_sharing_a_reader_follow_each_other_and_compact():
+    torch.manual_seed(0)
+    model = ConcatReader().eval()
+    x = torch.randn(2, 3, 6, 6)
+    graph = trace_unit_groups(model, x)
+    gates = attach_traced_gates(graph, ["c1", "c2"], k=7.0)
+    with torch.no_grad():
+        gates["c1"].phi.copy_(torch.tensor([1.0, -1.0, 1.0, 1.0]))
+        gates["c2"].phi.copy_(torch.tensor([1.0, 1.0, -1.0, 1.0, -1.0, 1.0]))
+    gated = model(x)
+    graph.prune("c2", [0, 1, 2, 3, 5])  # c3 reads 9 channels now: c1's gate must follow
+    assert model(x).shape == gated.shape
+    compact = compact_traced(graph)
+    assert compact.c1.out_channels == 3 and compact.c2.out_channels == 4  # one closed each
+    assert not any(m._forward_pre_hooks for m in compact.modules())
+    torch.testing.assert_close(compact(x), model(x), atol=1e-5, rtol=1e-4)
+
+
+def test_a_reader_that_is_not_a_layer_gets_no_gate():
+    class Custom(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(4, 8)
+            self.w = nn.Parameter(torch.randn(8, 3))
+
+        def forward(self, x):
+            return self.a(x).relu() @ self.w
+
+    graph = trace_unit_groups(Custom(), torch.randn(5, 4))
+    roles = {t.name: t.role for t in graph.groups["a"].tensors}
+    assert roles["w"] == "consumes"  # x @ W reads the units
+    assert attach_traced_gates(graph) == {}
+    with pytest.raises(ValueError, match="not by a Linear or convolution"):
+        attach_traced_gates(graph, ["a"])

@@ -311,8 +311,12 @@ class _Walker:
         return dims if isinstance(dims, list) else None
 
     def role(self, arg: Any, dim: int, role: Role) -> None:
+        # A tied weight (an embedding that is also the output layer) is read or written by a
+        # layer in one of its uses: that use decides how new units start and who reads them.
         if isinstance(arg, torch.fx.Node) and arg in self.params:
-            self.roles.setdefault((self.params[arg], dim), role)
+            key = (self.params[arg], dim)
+            if self.roles.get(key, "per_unit") == "per_unit":
+                self.roles[key] = role
 
     def same(self, out: list[int], dims: list[int] | None, reason: str) -> None:
         if dims is not None and len(dims) == len(out):
@@ -456,13 +460,18 @@ class _Walker:
                 target, (list, tuple)) or len(target) != len(out):
             return
         whole = {tuple(atoms.factors(atom)) for atom in dims}
-        attributes = self.module_ints(owner)
+        known = {value for key, value in self.module_ints(owner).items()
+                 if key in _WIDTH_ATTRIBUTES}
+        claimed: set[int] = set()
         for size, atom in zip(target, out, strict=True):
             if not isinstance(size, int) or size == -1 or tuple(atoms.factors(atom)) in whole:
                 continue
-            if not any(value == size for key, value in attributes.items()
-                       if key in _WIDTH_ATTRIBUTES):
-                atoms.fix_tree(atom, f"{where} writes its size ({size}) as a constant")
+            # An attribute (num_heads) names one dimension: the outermost with its value. A
+            # second one of the same size (head_dim == num_heads) stays fixed.
+            if size in known and size not in claimed:
+                claimed.add(size)
+                continue
+            atoms.fix_tree(atom, f"{where} writes its size ({size}) as a constant")
 
     def norm(self, node: Any, axis: int, count: int) -> None:
         out, dims = self.dims[node], self.of(node.args[0])
@@ -520,7 +529,17 @@ class _Walker:
         self.broadcast(out[:-2], [a[:-2], b[:-2]], where)
 
     def op_matmul(self, node: Any, where: str) -> None:
-        self.matmul(self.of(node.args[0]), self.of(node.args[1]), self.dims[node], where)
+        a, b = node.args[0], node.args[1]
+        self.matmul(self.of(a), self.of(b), self.dims[node], where)
+        # A weight used directly (x @ W, W @ x): its contracted dimension reads units, the
+        # other writes them.
+        a_dims, b_dims = self.of(a), self.of(b)
+        if b_dims and len(b_dims) == 2:
+            self.role(b, 0, "consumes")
+            self.role(b, 1, "produces")
+        if a_dims and len(a_dims) == 2:
+            self.role(a, 1, "consumes")
+            self.role(a, 0, "produces")
 
     op_mm = op_bmm = op_matmul
 
@@ -631,9 +650,15 @@ class _Walker:
 
     op_t = op_transpose
 
+    def op_numpy_T(self, node: Any, where: str) -> None:  # x.T: every dimension reversed
+        dims, out = self.of(node.args[0]), self.dims[node]
+        for a, b in zip(out, reversed(dims), strict=True):
+            self.atoms.unify(a, b, where)
+
     def op_select(self, node: Any, where: str) -> None:
         dims, out = self.of(node.args[0]), self.dims[node]
         axis = node.args[1] % len(dims)
+        self.atoms.fix_tree(dims[axis], f"{where} picks one entry of it")
         self.same(out, dims[:axis] + dims[axis + 1:], where)
 
     def op_slice(self, node: Any, where: str) -> None:
@@ -646,10 +671,16 @@ class _Walker:
                 self.atoms.fix_tree(b, f"{where} takes part of it")
                 self.atoms.fix_tree(a, f"{where} takes part of it")
 
-    def split(self, node: Any, where: str, sizes: list[int], axis: int) -> None:
+    def split(self, node: Any, where: str, sizes: list[int], axis: int,
+              written: bool = True) -> None:
+        """``written``: the sizes are written in the code (``split(16)``), not derived from a
+        part count (``chunk(2)``): then the parts keep those sizes unless the module holds
+        them in an attribute neuroplast updates (GPT-2's ``split_size``)."""
         dims, outs = self.of(node.args[0]), self.dims[node]
         axis %= len(dims)
         atoms = self.atoms
+        known = {value for key, value in self.module_ints(self.owner(node)).items()
+                 if key in _WIDTH_ATTRIBUTES}
         if len(set(sizes)) == 1:
             count = atoms.new(len(sizes))
             atoms.fix(count, f"{where} splits it into a fixed number of parts")
@@ -666,6 +697,10 @@ class _Walker:
                     atoms.unify(a, b, where)
         pieces = [piece] if len(set(sizes)) == 1 else parts
         self.reshapes.append((self.owner(node), list(dims), pieces))
+        if written:
+            for part in pieces:
+                if len(pieces) > 1 or atoms.size(part) not in known:
+                    atoms.fix_tree(part, f"{where} writes its part sizes as constants")
 
     def op_split(self, node: Any, where: str) -> None:
         dims = self.of(node.args[0])
@@ -683,7 +718,7 @@ class _Walker:
     def op_chunk(self, node: Any, where: str) -> None:
         sizes = [out.shape[node.args[2] if len(node.args) > 2 else 0]
                  for out in node.meta["val"]]
-        self.split(node, where, sizes, node.args[2] if len(node.args) > 2 else 0)
+        self.split(node, where, sizes, node.args[2] if len(node.args) > 2 else 0, written=False)
 
     def op_unbind(self, node: Any, where: str) -> None:
         dims, outs = self.of(node.args[0]), self.dims[node]
@@ -765,16 +800,18 @@ class _Outputs(nn.Module):
         self.model = model
 
     def forward(self, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, ...]:
-        return tuple(_tensors(self.model(*args, **kwargs)))
+        return tuple(output_tensors(self.model(*args, **kwargs)))
 
 
-def _tensors(value: Any) -> list[torch.Tensor]:
+def output_tensors(value: Any) -> list[torch.Tensor]:
+    """The tensors of a model's output, in order: a tensor, or those inside tuples, lists and
+    dicts (a Hugging Face output's fields); anything else (a key/value cache) is left out."""
     if isinstance(value, torch.Tensor):
         return [value]
     if isinstance(value, Mapping):
-        return [t for item in value.values() for t in _tensors(item)]
+        return [t for item in value.values() for t in output_tensors(item)]
     if isinstance(value, (tuple, list)):
-        return [t for item in value for t in _tensors(item)]
+        return [t for item in value for t in output_tensors(item)]
     return []
 
 
@@ -846,11 +883,12 @@ class UnitGraph:
                 for tensor in tensors:
                     self.blocked.setdefault(f"{tensor.name}[{tensor.dim}]", str(error))
                 continue
-            first = (producers or tensors)[0].name.rpartition(".")[0]
+            first = (producers or tensors)[0].name.rpartition(".")[0] or (
+                producers or tensors)[0].name
             if inner:
                 kind: GroupKind = "heads"
-                name = _common_prefix(sorted(writers)) + ":heads"
-            elif leaf in summed and len(writers) > 1:
+                name = (_common_prefix(sorted(writers)) or first) + ":heads"
+            elif leaf in summed and len(writers | self._stream_writers(tensors)) > 1:
                 # Named by the first tensor that writes it (an embedding, a stem conv).
                 owners = [t.name.rpartition(".")[0] for t in tensors]
                 kind, name = "stream", next((o for o in owners if o), first) + ":stream"
@@ -859,6 +897,19 @@ class UnitGraph:
             while name in self.groups:
                 name += "'"
             self.groups[name] = TracedGroup(name, kind, leaf, tensors, self)
+
+    def _stream_writers(self, tensors: list[TracedTensor]) -> set[str]:
+        """Embeddings and a model's own parameters (a cls token, a position embedding) that
+        write into a dimension: with a layer's outputs they make it a residual stream (an
+        activation's own ``x + c * x**3`` does not)."""
+        writers = set()
+        for tensor in tensors:
+            module_name, _, attr = tensor.name.rpartition(".")
+            module = self.model.get_submodule(module_name)
+            own = attr not in ("weight", "bias", "running_mean", "running_var")
+            if isinstance(module, nn.Embedding) or own:
+                writers.add(tensor.name)
+        return writers
 
     def _inner(self, tensor: TracedTensor, leaf: int) -> int:
         """How many consecutive entries one unit owns along the tensor's dimension (a head's
@@ -881,8 +932,8 @@ class UnitGraph:
     # -- resizing -----------------------------------------------------------------------
     def prune(self, name: str, keep: Sequence[int] | torch.Tensor, *,
               optimizer: OptimizerArg = None) -> TracedGroup:
-        """Keep only the units ``keep`` of group ``name`` (in their order); remove the rest from
-        every coupled tensor, its gradient and its optimizer state."""
+        """Keep only the units ``keep`` of group ``name`` (in their original order); remove the
+        rest from every coupled tensor, its gradient and its optimizer state."""
         group = self.group(name)
         kept = torch.as_tensor(keep, dtype=torch.long).reshape(-1).sort().values
         width = group.width
@@ -959,7 +1010,9 @@ class UnitGraph:
         if tensor.role == "produces" and old.dim() >= 2:
             fan_in = old.numel() // old.shape[tensor.dim]
             bound = 1.0 / math.sqrt(max(fan_in, 1))
-            values = (torch.rand(shape, generator=generator, dtype=old.dtype) * 2 - 1) * bound
+            where = generator.device if generator is not None else "cpu"
+            values = (torch.rand(shape, generator=generator, dtype=old.dtype, device=where)
+                      * 2 - 1) * bound
             return values.to(old.device)
         module = self.model.get_submodule(tensor.name.rpartition(".")[0])
         one = attr in ("running_var",) or (attr == "weight" and isinstance(module, _NORMS))
@@ -985,10 +1038,9 @@ class UnitGraph:
                 continue
             values = _int_attributes(module)
             for old, new in changed.items():
-                names = [key for key, value in values.items() if value == old]
-                known = [key for key in names if key in _WIDTH_ATTRIBUTES]
-                for key in known or (names if len(names) == 1 else []):
-                    updates[(owner, key)] = new
+                for key, value in values.items():
+                    if value == old and key in _WIDTH_ATTRIBUTES:
+                        updates[(owner, key)] = new
         return updates
 
     def _sync_attributes(self, group: TracedGroup, updates: dict[tuple[str, str], int]) -> None:
@@ -1086,7 +1138,7 @@ def _common_prefix(modules: Sequence[str]) -> str:
 def _probe(model: nn.Module, example: Any) -> list[tuple[int, ...]]:
     args, kwargs = _as_args(example)
     with torch.no_grad():
-        return [tuple(t.shape) for t in _tensors(model(*args, **kwargs))]
+        return [tuple(t.shape) for t in output_tensors(model(*args, **kwargs))]
 
 
 def trace_unit_groups(model: nn.Module, example_inputs: Any, *, check: bool = True) -> UnitGraph:

@@ -26,7 +26,8 @@ GATE_NAME = "unit_gate"
 
 class _GateHook:
     """Scales the consumer's input features by their units' gates (a plain object, so a deep
-    copy of the model copies it along with the gate it points to)."""
+    copy of the model copies it along with the gate it points to). ``units`` gives, for each
+    feature the consumer reads, its unit, or -1 for features of other groups (left alone)."""
 
     def __init__(self, gate: NPNGate, dim: int, units: torch.Tensor) -> None:
         self.gate, self.dim, self.units = gate, dim, units
@@ -35,7 +36,9 @@ class _GateHook:
         x = args[0]
         width = self.gate.phi.shape[0]
         z = self.gate(x.new_ones(x.shape[0], width))  # the gate's draw, its test value in eval
-        scale = z.index_select(1, self.units.to(z.device))  # (batch or 1, features)
+        z = torch.cat([z, z.new_ones(z.shape[0], 1)], 1)  # the last column: "not gated"
+        index = torch.where(self.units >= 0, self.units, width).to(z.device)
+        scale = z.index_select(1, index)  # (batch or 1, features)
         lead, features, rest = scale.shape[0], scale.shape[1], [1] * (x.dim() - 2)
         if self.dim == 1:  # a conv reads channels at dim 1
             scale = scale.reshape(lead, features, *rest)
@@ -57,7 +60,17 @@ def _consumer(group: TracedGroup) -> tuple[str, TracedTensor]:
             f"group '{group.name}' is read by {len(modules)} layers "
             f"({', '.join(sorted(modules)) or 'none'}); gates go on groups read by one layer "
             "(a layer's units, attention heads), not on residual streams")
-    return modules.pop(), consumers[0]
+    module_name, consumed = modules.pop(), consumers[0]
+    # The gate scales what the reader takes in: right only for a layer that multiplies its
+    # input by the consumed weight (a module using its parameters inside its own forward
+    # would have its input scaled instead of the units).
+    module = group.graph.model.get_submodule(module_name)
+    readable = isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)) or (
+        type(module).__name__ == "Conv1D")
+    if not readable or not consumed.name.endswith(".weight"):
+        raise ValueError(f"group '{group.name}' is read by {type(module).__name__} "
+                         f"'{module_name}', not by a Linear or convolution: no gate for it")
+    return module_name, consumed
 
 
 def attach_traced_gates(
@@ -89,19 +102,22 @@ def attach_traced_gates(
     gates: dict[str, NPNGate] = {}
     for name in names:
         group = graph.group(name)
-        if any(t.name.endswith(f"{GATE_NAME}.phi") for t in group.tensors):
+        if any(_is_gate_tensor(t) for t in group.tensors):
             raise ValueError(f"group '{name}' already has gates")
         module_name, consumed = _consumer(group)
         consumer = graph.model.get_submodule(module_name)
         width = group.width
         gate = NPNGate(width, k=k) if gate_type is NPNGate else gate_type(width)
         gate.to(consumed_tensor(graph, consumed).device).train(consumer.training)
-        consumer.add_module(GATE_NAME, gate)
+        attr, count = GATE_NAME, 1
+        while attr in consumer._modules:  # a layer reading several groups: a gate for each
+            attr, count = f"{GATE_NAME}_{count}", count + 1
+        consumer.add_module(attr, gate)
         units, _, _ = graph.atoms.positions(consumed.atom, group.atom, width)
         hook = _GateHook(gate, _read_dim(consumer), units)
         consumer.register_forward_pre_hook(hook)
         for tensor_name in ("phi", "unit_id"):
-            group.tensors.append(TracedTensor(f"{module_name}.{GATE_NAME}.{tensor_name}", 0,
+            group.tensors.append(TracedTensor(f"{module_name}.{attr}.{tensor_name}", 0,
                                               group.atom, "per_unit"))
         graph.on_resize.append(_refresh(hook, consumed, group))
         gates[name] = gate
@@ -114,10 +130,16 @@ def consumed_tensor(graph: UnitGraph, tensor: TracedTensor) -> torch.Tensor:
 
 
 def _refresh(hook: _GateHook, consumed: TracedTensor, group: TracedGroup):
+    # Any resize may move the features the reader takes (another group read by it, or a
+    # dimension its units are part of): the layout is recomputed after each.
     def refresh(graph: UnitGraph, resized: TracedGroup) -> None:
-        if resized.atom == group.atom:
-            hook.units, _, _ = graph.atoms.positions(consumed.atom, group.atom, resized.width)
+        hook.units, _, _ = graph.atoms.positions(consumed.atom, group.atom, group.width)
     return refresh
+
+
+def _is_gate_tensor(tensor: TracedTensor) -> bool:
+    parts = tensor.name.split(".")
+    return len(parts) >= 2 and parts[-2].startswith(GATE_NAME)
 
 
 def compact_traced(graph: UnitGraph) -> nn.Module:
@@ -129,28 +151,31 @@ def compact_traced(graph: UnitGraph) -> nn.Module:
     """
     trial = copy_graph(graph)
     model = trial.model.eval()
-    for name, group in list(trial.groups.items()):
-        gate_tensors = [t for t in group.tensors if GATE_NAME in t.name.split(".")]
+    alive: dict[str, torch.Tensor] = {}
+    for name, group in trial.groups.items():  # fold every gate first, at the current layout
+        gate_tensors = [t for t in group.tensors if _is_gate_tensor(t)]
         if not gate_tensors:
             continue
         module_name, consumed = _consumer(group)
         consumer = model.get_submodule(module_name)
-        gate = getattr(consumer, GATE_NAME)
+        attr = gate_tensors[0].name.split(".")[-2]
+        gate = consumer._modules[attr]
         scale = gate.test_gate().detach()
         units, _, _ = trial.atoms.positions(consumed.atom, group.atom, group.width)
+        factor = torch.where(units >= 0, torch.cat([scale, scale.new_ones(1)])[units], 1.0)
         weight = consumed_tensor(trial, consumed)
         shape = [1] * weight.dim()
         shape[consumed.dim] = -1
         with torch.no_grad():
-            weight.mul_(scale[units].to(weight).reshape(shape))
+            weight.mul_(factor.to(weight).reshape(shape))
         for key, hook in list(consumer._forward_pre_hooks.items()):
-            if isinstance(hook, _GateHook):
+            if isinstance(hook, _GateHook) and hook.gate is gate:
                 del consumer._forward_pre_hooks[key]
-        del consumer._modules[GATE_NAME]
+        del consumer._modules[attr]
         group.tensors = [t for t in group.tensors if t not in gate_tensors]
-        alive = torch.nonzero(scale > 0).reshape(-1)
-        if alive.numel() == 0:
-            alive = torch.tensor([0])  # a group keeps one unit; its columns are now zero
-        if alive.numel() < group.width:
-            trial.prune(name, alive)
+        kept = torch.nonzero(scale > 0).reshape(-1)
+        alive[name] = kept if kept.numel() else torch.tensor([0])  # one unit, zero columns
+    for name, kept in alive.items():  # then remove the closed units
+        if kept.numel() < trial.groups[name].width:
+            trial.prune(name, kept)
     return model

@@ -176,8 +176,6 @@ def sized_loss(method: Method, model: nn.Module, compute: Callable[[], torch.Ten
         loss = compute()
         extra = method.penalty(context)
         return loss if extra is None else loss + extra
-    if method._gate_optimizer is not None:  # as NPN.training_loss: no one else zeroes it
-        method._gate_optimizer.zero_grad(set_to_none=True)
     gates = [gate for gate in npn_gates(model) if gate.training and gate.stochastic]
     if any(gate.per_example for gate in gates):
         raise ValueError("NPN in a framework's loop draws its gates once per batch: "

@@ -328,8 +328,6 @@ class NPN(Method):
         if not self._layers:
             raise RuntimeError("NPN.prepare_model must run before training")
         gates = [layer.gate for layer in self._layers]
-        if self._gate_optimizer is not None:
-            self._gate_optimizer.zero_grad(set_to_none=True)  # the run's optimizer does not
         # A hand-written loop without data parallelism may pass any object with a ``model``.
         loss, logits = arm_loss(getattr(trainer, "train_model", trainer.model), gates, inputs,
                                 targets, draw_rows=getattr(trainer, "batch_rows", None))
@@ -388,6 +386,9 @@ class NPN(Method):
     def after_backward(self, trainer: Context) -> None:
         if self._gate_optimizer is not None:
             self._gate_optimizer.step()
+            # Cleared after its step (the run's optimizer does not hold phi), so the gradients
+            # of accumulated micro-batches add up until then.
+            self._gate_optimizer.zero_grad(set_to_none=True)
 
     def on_batch_end(self, trainer: Context, loss: torch.Tensor) -> None:
         if not self.adaptive or math.isinf(self._k_now) or self._k_now == 0:

@@ -385,7 +385,11 @@ class Trainer(Context):
         micro-batches whose losses are weighted by their share; returns the batch's mean loss,
         its correct predictions and the (detached) loss."""
         share, rows = self.loss_scale, self.batch_rows
-        parts = torch.arange(len(y)).chunk(self.config.accumulate)
+        # Every rank runs as many micro-batches (each backward is an all-reduce under DDP):
+        # as many as the smallest share of the global batch allows.
+        size = len(y) if rows is None else rows[0]
+        count = max(1, min(self.config.accumulate, size // self.strategy.world_size))
+        parts = torch.arange(len(y)).tensor_split(min(count, len(y)))
         value, correct = 0.0, torch.zeros((), dtype=torch.long, device=self.device)
         try:
             for part in parts:
@@ -416,14 +420,16 @@ class Trainer(Context):
         the global batch times the number of ranks: the average is then the global batch's
         mean gradient even when the batch does not split evenly.
         """
+        world = self.strategy.world_size
+        if world == 1:  # one process: the whole batch, as it is
+            self.loss_scale, self.batch_rows = 1.0, None
+            return rows
         positions = self.strategy.shard(torch.arange(len(rows)))
         if len(positions) == 0:
             # More ranks than examples left: this rank joins with one row weighted zero.
             self.loss_scale, self.batch_rows = 0.0, (len(rows), torch.zeros(1, dtype=torch.long))
             return rows[:1]
-        if len(positions) == len(rows):  # one process: the whole batch, as it is
-            return rows
-        self.loss_scale = len(positions) * self.strategy.world_size / len(rows)
+        self.loss_scale = len(positions) * world / len(rows)
         self.batch_rows = (len(rows), positions)
         return rows[positions]
 
