@@ -393,3 +393,19 @@ def test_only_width_attributes_follow_a_resize():
     graph = trace_unit_groups(model, torch.randn(2, 3, 6, 6))
     graph.prune("c", range(9))
     assert model.num_classes == 10 and model(torch.randn(2, 3, 6, 6)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("dim, heads", [(24, 3), (16, 4)])
+def test_heads_are_found_when_their_count_equals_another_written_size(dim, heads):
+    """3 heads beside q/k/v's 3, and 4 heads of size 4: the head count is the resizable one."""
+    torch.manual_seed(0)
+    model = VisionTransformer(16, 4, dim, 1, heads, 2.0, 10).eval()
+    x = torch.randn(2, 3, 16, 16)
+    graph = trace_unit_groups(model, x)
+    assert graph.groups["blocks.0.attn:heads"].width == heads
+    zero_fan_out(model, graph.groups["blocks.0.attn:heads"], torch.tensor([0]))
+    reference = model(x)
+    graph.prune("blocks.0.attn:heads", range(1, heads))
+    assert model.blocks[0].attn.num_heads == heads - 1
+    assert model.blocks[0].attn.head_dim == dim // heads
+    torch.testing.assert_close(model(x), reference, atol=1e-5, rtol=1e-4)

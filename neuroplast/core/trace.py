@@ -287,6 +287,7 @@ class _Walker:
         self.reshapes: list[tuple[str, list[int], list[int]]] = []  # owner, in dims, out dims
         self.conv_groups: dict[str, int] = {}  # conv module -> atom of its groups
         self.summed: list[int] = []  # channel atoms of residual sums
+        self.literals: list[tuple[str, set[int], list[tuple[int, int]]]] = []  # see finish
         self.prefix = prefix
         signature = exported.graph_signature
         named = {spec.arg.name: spec for spec in signature.input_specs}
@@ -410,6 +411,22 @@ class _Walker:
                 for arg in node.all_input_nodes:
                     self.fix_arg(arg)
 
+    def finish(self) -> None:
+        """Sizes written in reshapes: a dimension split off at a written size keeps it, unless
+        the module holds that size in an attribute neuroplast updates (``num_heads``). An
+        attribute names one dimension: of those still resizable with its value, the outermost
+        (``view(B, T, 3, heads, head_dim)`` with 3 heads: the 3 of q/k/v is fixed anyway; with
+        heads == head_dim, the head size stays fixed)."""
+        atoms = self.atoms
+        for where, known, written in self.literals:
+            claimed: set[int] = set()
+            for size, atom in written:
+                free = any(leaf not in atoms.fixed for leaf in atoms.leaves(atom))
+                if free and size in known and size not in claimed:
+                    claimed.add(size)
+                    continue
+                atoms.fix_tree(atom, f"{where} writes its size ({size}) as a constant")
+
     def fix_arg(self, arg: Any) -> None:
         dims = self.dims.get(arg)
         for atom in dims if isinstance(dims, list) else []:
@@ -462,16 +479,11 @@ class _Walker:
         whole = {tuple(atoms.factors(atom)) for atom in dims}
         known = {value for key, value in self.module_ints(owner).items()
                  if key in _WIDTH_ATTRIBUTES}
-        claimed: set[int] = set()
-        for size, atom in zip(target, out, strict=True):
-            if not isinstance(size, int) or size == -1 or tuple(atoms.factors(atom)) in whole:
-                continue
-            # An attribute (num_heads) names one dimension: the outermost with its value. A
-            # second one of the same size (head_dim == num_heads) stays fixed.
-            if size in known and size not in claimed:
-                claimed.add(size)
-                continue
-            atoms.fix_tree(atom, f"{where} writes its size ({size}) as a constant")
+        written = [(size, atom) for size, atom in zip(target, out, strict=True)
+                   if isinstance(size, int) and size != -1
+                   and tuple(atoms.factors(atom)) not in whole]
+        if written:  # decided once the whole graph is walked (see ``finish``)
+            self.literals.append((where, known, written))
 
     def norm(self, node: Any, axis: int, count: int) -> None:
         out, dims = self.dims[node], self.of(node.args[0])
@@ -1175,6 +1187,7 @@ def trace_unit_groups(model: nn.Module, example_inputs: Any, *, check: bool = Tr
         model.train(training)
     walker = _Walker(exported, "model.", model)
     walker.run()
+    walker.finish()
     graph = UnitGraph(model, walker, example_inputs)
     if check:
         _check_groups(graph)
