@@ -8,6 +8,7 @@ what is wrong and how to fix it.
 """
 
 from .base import DataError, DataSplits
+from .lazy import LazyInputs, dataset_splits
 from .registry import DATASETS, load_dataset
 
-__all__ = ["DATASETS", "DataError", "DataSplits", "load_dataset"]
+__all__ = ["DATASETS", "DataError", "DataSplits", "LazyInputs", "dataset_splits", "load_dataset"]

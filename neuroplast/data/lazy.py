@@ -1,0 +1,104 @@
+"""Data sets that do not fit in memory: inputs read from a map-style dataset when indexed.
+
+:class:`LazyInputs` stands where a split's input tensor stands (``data.x_train``): the
+training loop indexes it with a batch's rows, evaluation with slices, and it reads only those
+items (an ``ImageFolder``, a dataset of files, anything with ``__getitem__`` and ``__len__``).
+The loop's batches, their order and its exact resume are the same as with tensors in memory;
+only the reading is slower (one item at a time, in the training process). Labels are small and
+are held as a tensor.
+
+Example::
+
+    from torchvision.datasets import ImageFolder   # or any map-style dataset
+    data = dataset_splits(ImageFolder("train", transform), ImageFolder("val", transform))
+    Trainer(model, data, method, config).fit()
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from .base import DataSplits
+
+
+class LazyInputs:
+    """The inputs of a map-style dataset, read on indexing (an int, a slice, a tensor of rows).
+
+    ``dataset[i]`` may return the input alone or ``(input, label)``; inputs are tensors of one
+    shape and dtype (what a transform such as ``ToTensor`` gives).
+    """
+
+    def __init__(self, dataset: Any, rows: Sequence[int] | None = None) -> None:
+        self.dataset = dataset
+        self.rows = list(range(len(dataset))) if rows is None else list(rows)
+        first = self._read(self.rows[0]) if self.rows else torch.zeros(0)
+        self.shape = (len(self.rows), *first.shape)
+        self.dtype = first.dtype
+
+    def _read(self, row: int) -> torch.Tensor:
+        item = self.dataset[row]
+        value = item[0] if isinstance(item, (tuple, list)) else item
+        return torch.as_tensor(value)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int | slice | torch.Tensor | Sequence[int]) -> Any:
+        if isinstance(index, int):
+            return self._read(self.rows[index])
+        if isinstance(index, slice):
+            return LazyInputs(self.dataset, self.rows[index]).load()
+        positions = torch.as_tensor(index).reshape(-1).tolist()
+        if not positions:
+            return torch.zeros((0, *self.shape[1:]), dtype=self.dtype)
+        return torch.stack([self._read(self.rows[p]) for p in positions])
+
+    def load(self) -> torch.Tensor:
+        """Every input, read into one tensor."""
+        return self[torch.arange(len(self.rows))]
+
+    def to(self, device: str | torch.device) -> LazyInputs:
+        """Itself: a batch is read and moved to the device when it is used."""
+        return self
+
+    def numel(self) -> int:
+        return len(self.rows) * int(torch.Size(self.shape[1:]).numel())
+
+    def element_size(self) -> int:
+        return 0  # none of it is held in memory
+
+
+def labels_of(dataset: Any) -> torch.Tensor:
+    """A dataset's labels as an int64 tensor: its ``targets`` attribute (torchvision's
+    datasets) when it has one, else read from ``dataset[i][1]`` once."""
+    targets = getattr(dataset, "targets", None)
+    if targets is None:
+        targets = [int(dataset[i][1]) for i in range(len(dataset))]
+    return torch.as_tensor(targets, dtype=torch.long).reshape(-1)
+
+
+def dataset_splits(train: Any, val: Any, test: Any = None, *, num_classes: int | None = None,
+                   name: str = "datasets") -> DataSplits:
+    """Splits whose inputs are read from map-style datasets when a batch needs them.
+
+    ``train``, ``val`` and ``test`` (optional) return ``(input, label)`` pairs; the test split
+    is read once, at the end of training, as with any data.
+    """
+    splits = {"train": train, "val": val, "test": test}
+    inputs, labels = {}, {}
+    for split, dataset in splits.items():
+        if dataset is None:
+            inputs[split], labels[split] = LazyInputs([]), torch.zeros(0, dtype=torch.long)
+            continue
+        if len(dataset) == 0 and split != "test":
+            raise ValueError(f"the {split} dataset is empty")
+        inputs[split], labels[split] = LazyInputs(dataset), labels_of(dataset)
+    classes = num_classes if num_classes is not None else int(
+        max(int(t.max()) for t in labels.values() if len(t))) + 1
+    return DataSplits(name=name, x_train=inputs["train"], y_train=labels["train"],
+                      x_val=inputs["val"], y_val=labels["val"], x_test=inputs["test"],
+                      y_test=labels["test"], num_classes=classes,
+                      input_shape=tuple(inputs["train"].shape[1:]))
