@@ -166,3 +166,33 @@ def test_the_command_line_default_metanet_is_the_search():
 def test_options_of_the_other_strategy_are_clear_errors(options, message):
     with pytest.raises(ValueError, match=message):
         build_method("metanet", options)
+
+
+def test_a_traced_group_shrinks_by_least_squares_when_one_linear_reads_it():
+    """Units 4-7 duplicate units 0-3: shrinking to 4 keeps the function exactly (the refit
+    moves the duplicates' share onto their twins), measured against the unshrunk model."""
+    import torch.nn.functional as F
+    from torch import nn
+
+    from neuroplast.core.trace import trace_unit_groups
+    from neuroplast.methods.width_search import TracedUnits
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc1, self.fc2, self.head = nn.Linear(6, 8), nn.Linear(8, 6), nn.Linear(6, 3)
+
+        def forward(self, x):
+            return self.head(x + self.fc2(F.relu(self.fc1(x))))
+
+    torch.manual_seed(0)
+    model = Block().eval()
+    with torch.no_grad():
+        model.fc1.weight[4:] = model.fc1.weight[:4]
+        model.fc1.bias[4:] = model.fc1.bias[:4]
+    x = torch.randn(256, 6)
+    reference = model(x)
+    units = TracedUnits(trace_unit_groups(model, x[:2]))
+    assert units.shrink("fc1", 4, x, None) == "compressed"
+    assert model.fc1.out_features == 4 and model.fc2.in_features == 4
+    torch.testing.assert_close(model(x), reference, atol=1e-4, rtol=1e-4)

@@ -70,7 +70,7 @@ from .expression import dense_group, feature_module
 from .proliferation import warm_second_moments
 
 if TYPE_CHECKING:
-    from ..core.trace import UnitGraph
+    from ..core.trace import TracedGroup, UnitGraph
     from ..policy import Context
 
 TOLERANCE_POINTS = 0.005  # the least tolerance: 0.5 points of accuracy, as the panel's
@@ -367,8 +367,9 @@ class ChainUnits:
 
 class TracedUnits:
     """The search's resizes on a traced model's groups (``trace_unit_groups``): any layer's
-    units, a residual stream, attention heads. Shrinking keeps the units of largest weight
-    norm in and out (no least-squares refit: their readers are not one Linear in general)."""
+    units, a residual stream, attention heads. Shrinking a group that one Linear reads, a
+    column per unit, chooses and refits as :func:`compress` does; any other keeps the units of
+    largest weight norm in and out."""
 
     def __init__(self, graph: UnitGraph) -> None:
         self.graph = graph
@@ -383,6 +384,17 @@ class TracedUnits:
     def shrink(self, layer: str, keep: int, inputs: torch.Tensor,
                optimizer: OptimizerArg) -> str:
         group = self.graph.group(layer)
+        reader = self._linear_reader(group)
+        if reader is not None and len(inputs):
+            # One Linear reads the units, a column each: choose and refit as compress does.
+            name, linear, columns = reader
+            x = _capture(self.graph.model, linear, inputs, linear.weight.device, True)
+            chosen, new_weight, shift = select_and_refit(
+                x[:, columns], linear.weight[:, columns], linear.bias is not None, keep)
+            self.graph.prune(layer, chosen, optimizer=optimizer)
+            kept_columns = self._linear_reader(group)[2]
+            _install(linear.weight, linear.bias, new_weight, shift, kept_columns)
+            return "compressed"
         energy = {"produces": torch.zeros(group.width, dtype=torch.float64),
                   "consumes": torch.zeros(group.width, dtype=torch.float64)}
         for tensor in group.tensors:
@@ -399,6 +411,22 @@ class TracedUnits:
         chosen = torch.argsort(score, descending=True)[:keep].sort().values
         self.graph.prune(layer, chosen, optimizer=optimizer)
         return "shrunk (largest weights kept)"
+
+    def _linear_reader(self, group: TracedGroup) -> tuple[str, nn.Linear, torch.Tensor] | None:
+        """The one Linear that reads the group, and its column of each unit (in unit order),
+        or None (several readers, a block of columns per unit, a norm over the units)."""
+        readers = [t for t in group.tensors if t.role == "consumes"]
+        if len(readers) != 1 or not readers[0].name.endswith(".weight") or readers[0].dim != 1:
+            return None
+        name = readers[0].name.rpartition(".")[0]
+        linear = self.graph.model.get_submodule(name)
+        if type(linear) is not nn.Linear:
+            return None
+        units, _, _ = self.graph.atoms.positions(readers[0].atom, group.atom, group.width)
+        columns = torch.nonzero(units >= 0).reshape(-1)
+        if len(columns) != group.width:
+            return None
+        return name, linear, columns[torch.argsort(units[columns])]
 
     def resize(self, layer: str, target: int, optimizer: OptimizerArg) -> None:
         current = self.width(layer)
@@ -422,42 +450,66 @@ def _copy(model: nn.Module) -> dict[str, torch.Tensor]:
 @torch.no_grad()
 def compress(model: nn.Module, layer: str, keep: int, inputs: torch.Tensor, *,
              optimizer: OptimizerArg = None, ridge: float = 1e-6) -> None:
-    """Shrink ``layer`` to ``keep`` units, preserving what it feeds its consumer on ``inputs``.
-
-    The units are chosen greedily (orthogonal matching pursuit): each step keeps the unit
-    whose centred activation, made orthogonal to those already kept, explains most of what is
-    left of the consumer's input ``W h``. The consumer's weights and bias are then refitted by
-    (ridge-regularised) least squares, so the kept units take over the removed ones' share;
-    without an exact reconstruction, what is lost is what the others cannot express. Costs
-    about ``3 * keep * width * len(inputs)`` multiply-adds.
-    """
+    """Shrink ``layer`` to ``keep`` units, preserving what it feeds its consumer on ``inputs``
+    (see :func:`select_and_refit`). Costs about ``3 * keep * width * len(inputs)``
+    multiply-adds."""
     group = dense_group(model, layer)
-    watched = feature_module(group)
+    h = _capture(model, feature_module(group), inputs, group.consumer.weight.device, False)
+    chosen, new_weight, shift = select_and_refit(
+        h.reshape(-1, group.width), group.consumer.weight, group.consumer.bias is not None, keep,
+        ridge)
+    group = prune_units(model, layer, chosen, optimizer=optimizer)
+    _install(group.consumer.weight, group.consumer.bias, new_weight, shift)
+
+
+def _capture(model: nn.Module, watched: nn.Module, inputs: torch.Tensor, device: torch.device,
+             reader_input: bool) -> torch.Tensor:
+    """What ``watched`` outputs (or, with ``reader_input``, takes in) over ``inputs``, in eval
+    mode (no dropout, no BatchNorm statistics update), float64 on the CPU."""
     captured: list[torch.Tensor] = []
-    handle = watched.register_forward_hook(
-        lambda _module, _inputs, output: captured.append(output.detach()))
+    if reader_input:
+        handle = watched.register_forward_pre_hook(
+            lambda _module, args: captured.append(args[0].detach()))
+    else:
+        handle = watched.register_forward_hook(
+            lambda _module, _inputs, output: captured.append(output.detach()))
     was_training = model.training
-    model.eval()  # no dropout, no BatchNorm statistics update
+    model.eval()
     try:
-        device = group.consumer.weight.device
-        for chunk in inputs.split(512):
-            model(chunk.to(device))
+        with torch.no_grad():
+            for chunk in inputs.split(512):
+                model(chunk.to(device))
     finally:
         handle.remove()
         model.train(was_training)
-    h = torch.cat(captured).reshape(-1, group.width).double().cpu()
-    weight = group.consumer.weight.detach().double().cpu()
-    # Centred, the consumer's bias takes over the removed units' mean output; without a bias
+    return torch.cat([c.reshape(-1, c.shape[-1]) if reader_input else c for c in captured]
+                     ).double().cpu()
+
+
+def select_and_refit(h: torch.Tensor, weight: torch.Tensor, has_bias: bool, keep: int,
+                     ridge: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The ``keep`` units of ``h`` (examples x units, what a Linear reader with ``weight`` reads)
+    that best reproduce the reader's input ``W h``, and the reader's refitted weight columns
+    and bias shift.
+
+    The units are chosen greedily (orthogonal matching pursuit): each step keeps the unit
+    whose centred activation, made orthogonal to those already kept, explains most of what is
+    left of ``W h``. The reader's weights and bias are then refitted by (ridge-regularised)
+    least squares, so the kept units take over the removed ones' share; without an exact
+    reconstruction, what is lost is what the others cannot express.
+    """
+    width = h.shape[1]
+    weight = weight.detach().double().cpu()
+    # Centred, the reader's bias takes over the removed units' mean output; without a bias
     # the mean must be reconstructed too.
-    mean = h.mean(0) if group.consumer.bias is not None else torch.zeros(group.width,
-                                                                          dtype=h.dtype)
+    mean = h.mean(0) if has_bias else torch.zeros(width, dtype=h.dtype)
     centred = h - mean
     target = centred @ weight.T
     residual, basis = target.clone(), centred.clone()
     norms = basis.square().sum(0)
     floor = 1e-12 * float(norms.max().clamp_min(1e-300))
     kept: list[int] = []
-    free = torch.ones(group.width, dtype=torch.bool)
+    free = torch.ones(width, dtype=torch.bool)
     while len(kept) < keep:
         gain = (basis.T @ residual).square().sum(1) / norms.clamp_min(floor)
         gain[~free | (norms <= floor)] = -1.0
@@ -479,8 +531,16 @@ def compress(model: nn.Module, layer: str, keep: int, inputs: torch.Tensor, *,
                                                                                  dtype=gram.dtype)
     new_weight = torch.linalg.solve(gram, sub.T @ target).T
     shift = mean @ weight.T - mean[chosen] @ new_weight.T  # the removed units' mean, and more
-    group = prune_units(model, layer, chosen, optimizer=optimizer)
-    consumer = group.consumer
-    consumer.weight.copy_(new_weight.to(consumer.weight))
-    if consumer.bias is not None:
-        consumer.bias.add_(shift.to(consumer.bias))
+    return chosen, new_weight, shift
+
+
+def _install(weight: torch.Tensor, bias: torch.Tensor | None, new_weight: torch.Tensor,
+             shift: torch.Tensor, columns: torch.Tensor | None = None) -> None:
+    """Write refitted columns (all, or ``columns``) and add the bias shift."""
+    with torch.no_grad():
+        if columns is None:
+            weight.copy_(new_weight.to(weight))
+        else:
+            weight[:, columns.to(weight.device)] = new_weight.to(weight)
+        if bias is not None:
+            bias.add_(shift.to(bias))
