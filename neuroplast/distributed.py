@@ -25,7 +25,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NoReturn
 
@@ -105,13 +105,10 @@ class SingleProcess:
     def broadcast_buffers_(self, model: nn.Module) -> None:
         pass
 
-    def average_gradients_(self, parameters: Sequence[nn.Parameter]) -> None:
-        pass
-
     def check_device(self, device: torch.device) -> None:
         pass
 
-    def training_model(self, model: nn.Module, ignore: Callable[[], list[str]]) -> nn.Module:
+    def training_model(self, model: nn.Module) -> nn.Module:
         return model
 
     def agree(self, model: nn.Module, where: str, full: bool = False,
@@ -254,45 +251,21 @@ class DistributedContext:
             "rank 0 wrote is kept: `neuroplast resume` continues it, with any number of ranks")
 
     # ------------------------------------------------------------------ wrapping
-    def training_model(self, model: nn.Module, ignore: Callable[[], list[str]]) -> nn.Module:
-        """The DDP wrapper of ``model``, rebuilt whenever a resize replaced parameters, so
-        gradient buckets always match the current widths (``ignore()`` names parameters DDP
-        must leave alone)."""
+    def training_model(self, model: nn.Module) -> nn.Module:
+        """The DDP wrapper of ``model``, rebuilt whenever a resize replaced parameters or one
+        started or stopped learning (NPN's phi), so gradient buckets always match."""
         key = identity_key(model)
         if getattr(self, "_wrapped_key", None) != key:
             self._wrapper = None  # release the old reducer's hooks before the new one is built
-            self._wrapper = self.wrap(model, ignore())
+            self._wrapper = self.wrap(model)
             self._wrapped_key = key
         return self._wrapper
 
-    def wrap(self, model: nn.Module, ignore: Sequence[str] = ()) -> DistributedDataParallel:
-        """A fresh DDP wrapper over the model's current parameters.
-
-        ``ignore`` names parameters DDP must leave alone because their gradient is written
-        outside autograd (NPN's ARM term for ``phi``); the trainer averages those itself.
-        """
-        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, list(ignore))
+    def wrap(self, model: nn.Module) -> DistributedDataParallel:
+        """A fresh DDP wrapper over the model's current parameters (every gradient, NPN's
+        gates' included, reaches them through autograd, so DDP averages them all)."""
         device_ids = [self.device.index] if self.device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=device_ids)
-
-    def average_gradients_(self, parameters: Sequence[nn.Parameter]) -> None:
-        """Average the gradients of parameters DDP does not handle (one flat all-reduce)."""
-        grads = [p.grad for p in parameters if p.grad is not None]
-        if len(grads) != len(parameters):
-            # Every rank must join the same all-reduce: a missing gradient counts as zero.
-            for p in parameters:
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-            grads = [p.grad for p in parameters]
-        if not grads:
-            return
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        self.all_reduce_sum_(flat)
-        flat /= self.world_size
-        offset = 0
-        for g in grads:
-            g.copy_(flat[offset : offset + g.numel()].view_as(g))
-            offset += g.numel()
 
     def barrier(self) -> None:
         dist.barrier()

@@ -253,14 +253,6 @@ class Method(Callback):
         extra = self.penalty(trainer)
         return (loss if extra is None else loss + extra), logits
 
-    def manual_gradient_parameters(self, model: nn.Module) -> list[nn.Parameter]:
-        """Parameters whose gradient the method writes outside autograd (NPN's ARM term).
-
-        Under DDP they are left out of the wrapper and the trainer averages their gradients
-        across ranks itself, after ``backward()`` and before ``after_backward``.
-        """
-        return []
-
     def metrics(self, trainer: Context) -> dict[str, float]:
         """Method-specific scalars logged each epoch (``k``, expected L0, ...)."""
         return {}

@@ -197,7 +197,13 @@ class NPNGate(nn.Module):
             # ARM's pair of gates from one draw: z2 = 1[u < pi] (main), z1 = 1[u > 1 - pi].
             z = (u > 1 - pi) if self._antithetic else (u < pi)
             z = z.to(x.dtype)
-        return x * self._broadcast(z, x)
+        out = x * self._broadcast(z, x)
+        if self.stochastic and self._k > 0 and self.phi.requires_grad and torch.is_grad_enabled():
+            # phi's gradient comes from ARM's term outside this pass; a zero-valued use here
+            # makes phi a parameter the forward pass used, so data-parallel training (DDP)
+            # averages its gradient like every other.
+            out = out + 0.0 * self.phi.sum().to(out.dtype)
+        return out
 
     def _broadcast(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         batched = z.dim() > self.phi.dim()

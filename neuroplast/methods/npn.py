@@ -216,6 +216,9 @@ class NPN(Method):
         self._k_now = check_k(k)
         for layer in self._layers:
             layer.gate.k = self._k_now
+            # phi learns only at a finite k > 0; frozen otherwise (k = inf: plain training,
+            # k = 0: dropout), so no optimizer moves it and DDP does not wait for its gradient.
+            layer.gate.phi.requires_grad_(0 < self._k_now < math.inf)
 
     # ----------------------------------------------------------------- model
     def prepare_model(self, model: nn.Module) -> nn.Module:
@@ -356,11 +359,6 @@ class NPN(Method):
             if self.l2:
                 total = total + self.l2 * layer.gated_l2()
         return total + l0 + gradient_term(estimates)
-
-    def manual_gradient_parameters(self, model: nn.Module) -> list[nn.Parameter]:
-        """Every gate's ``phi``: its gradient comes from terms outside the forward pass (ARM's,
-        the L0 term's), which DDP's reducer does not see; the trainer averages it."""
-        return [self._gate(model, layer).phi for layer in self._layers]
 
     # ----------------------------------------------------------------- callbacks
     def on_train_begin(self, trainer: Context) -> None:

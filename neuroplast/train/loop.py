@@ -268,11 +268,7 @@ class Trainer(Context):
     def train_model(self) -> nn.Module:
         """What training forward passes go through: the model, or its DDP wrapper (rebuilt
         after every resize). Policies resize ``model``, never this."""
-        return self.strategy.training_model(self.model, self._manual_gradient_names)
-
-    def _manual_gradient_names(self) -> list[str]:
-        wanted = {id(p) for p in self.method.manual_gradient_parameters(self.model)}
-        return [name for name, p in self.model.named_parameters() if id(p) in wanted]
+        return self.strategy.training_model(self.model)
 
     def _agree(self, where: str, full: bool = False, diverged: bool = False) -> bool:
         """Under DDP: check that the ranks hold the same model after a point a policy may act;
@@ -361,7 +357,6 @@ class Trainer(Context):
         value, correct, loss = self._backward(x, y)
         if not math.isfinite(value) and self.strategy.stops_alone:
             self._diverged(value, epoch, index)  # before the step: the last state stays good
-        self.strategy.average_gradients_(self.method.manual_gradient_parameters(self.model))
         if self.config.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         for callback in self.callbacks:
