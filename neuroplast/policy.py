@@ -217,6 +217,8 @@ class Method(Callback):
     resizes: ClassVar[bool] = True
     #: True for a method that resizes the groups of a traced model (``Context.graph``).
     resizes_traced_groups: ClassVar[bool] = False
+    #: True for a method that reads training examples itself (MetaNet's compression).
+    reads_training_examples: ClassVar[bool] = False
     #: Training settings (TrainConfig fields) the method needs to finish its own schedule; the
     #: command line uses them for a run without a recipe, under any option typed.
     train_defaults: ClassVar[dict[str, Any]] = {}

@@ -72,6 +72,9 @@ class SelfSizing(Context):
         parameter = next(model.parameters())
         self.device = parameter.device
         x_val, y_val = val
+        if train is None and method.reads_training_examples:
+            raise ValueError(f"{method.name} reads training examples itself (its compression "
+                             "refits on them): pass train=(x_train, y_train)")
         x_train, y_train = train if train is not None else (x_val[:0], y_val[:0])
         self.data = DataSplits(
             name="own loop", x_train=x_train, y_train=y_train, x_val=x_val, y_val=y_val,

@@ -63,3 +63,29 @@ def test_a_lazy_run_resumes_exactly_after_an_interrupt(tmp_path):
     assert len(cut) == 1  # stopped in epoch 2, its position saved
     resumed = run(lazy_copy(data), tmp_path / "cut", restore=tmp_path / "cut" / "checkpoint")
     assert resumed == whole
+
+
+class RandomTransform(Files):
+    """A transform that draws a random number (and discards it), as random crops do."""
+
+    def __getitem__(self, index: int):
+        torch.rand(3)
+        return super().__getitem__(index)
+
+
+def test_a_random_transform_does_not_shift_the_runs_random_draws():
+    data = load_dataset("digits", seed=0)
+    lazy = dataset_splits(RandomTransform(data.x_train, data.y_train),
+                          RandomTransform(data.x_val, data.y_val), name=data.name)
+    assert run(lazy) == run(dataset_splits(Files(data.x_train, data.y_train),
+                                           Files(data.x_val, data.y_val), name=data.name))
+
+
+def test_a_ranks_share_is_read_only_when_used():
+    data = load_dataset("digits", seed=0)
+    files = Files(data.x_val, data.y_val)
+    inputs = LazyInputs(files)
+    before = files.reads
+    share = inputs[1::2]
+    assert isinstance(share, LazyInputs) and files.reads == before
+    assert torch.equal(share[0:3], data.x_val[1:7:2])

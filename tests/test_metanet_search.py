@@ -196,3 +196,26 @@ def test_a_traced_group_shrinks_by_least_squares_when_one_linear_reads_it():
     assert units.shrink("fc1", 4, x, None) == "compressed"
     assert model.fc1.out_features == 4 and model.fc2.in_features == 4
     torch.testing.assert_close(model(x), reference, atol=1e-4, rtol=1e-4)
+
+
+def test_a_group_under_a_layer_norm_is_not_refitted():
+    """A LayerNorm over the units changes when units go: the refit's premise fails, so the
+    search falls back to keeping the largest weights (found by a reviewer)."""
+    from torch import nn
+
+    from neuroplast.core.trace import trace_unit_groups
+    from neuroplast.methods.width_search import TracedUnits
+
+    model = nn.Sequential(nn.Linear(6, 8), nn.LayerNorm(8), nn.ReLU(), nn.Linear(8, 3))
+    units = TracedUnits(trace_unit_groups(model, torch.randn(2, 6)))
+    assert units.shrink("0", 4, torch.randn(64, 6), None) == "shrunk (largest weights kept)"
+
+
+def test_metanet_in_an_own_loop_needs_training_examples():
+    from neuroplast.models import build_model
+    from neuroplast.sizing import SelfSizing
+
+    model = build_model("mlp", (1, 8, 8), 10, widths=[8])
+    with pytest.raises(ValueError, match="pass train="):
+        SelfSizing("metanet", model, torch.optim.Adam(model.parameters()), epochs=2,
+                   val=(torch.randn(8, 1, 8, 8), torch.arange(8)))

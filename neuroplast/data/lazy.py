@@ -27,38 +27,63 @@ from .base import DataSplits
 class LazyInputs:
     """The inputs of a map-style dataset, read on indexing (an int, a slice, a tensor of rows).
 
-    ``dataset[i]`` may return the input alone or ``(input, label)``; inputs are tensors of one
-    shape and dtype (what a transform such as ``ToTensor`` gives).
+    ``dataset[i]`` may return the input alone or ``(input, label)``; inputs are tensors (or
+    NumPy arrays) of one shape, floating ones read as the default float dtype (what a
+    transform such as ``ToTensor`` gives). A transform that draws random numbers draws them
+    from a stream of its own (seeded by ``seed``), so the run's gate draws and dropout are not
+    shifted by it; those draws are not part of a checkpoint, so after a resume such a
+    transform draws afresh.
     """
 
-    def __init__(self, dataset: Any, rows: Sequence[int] | None = None) -> None:
+    def __init__(self, dataset: Any, rows: Sequence[int] | None = None, *, seed: int = 0,
+                 _like: LazyInputs | None = None) -> None:
         self.dataset = dataset
         self.rows = list(range(len(dataset))) if rows is None else list(rows)
+        if _like is not None:  # a view of another: same items, same stream
+            self.shape = (len(self.rows), *_like.shape[1:])
+            self.dtype, self._stream = _like.dtype, _like._stream
+            return
+        self._stream = torch.Generator().manual_seed(seed)
         first = self._read(self.rows[0]) if self.rows else torch.zeros(0)
         self.shape = (len(self.rows), *first.shape)
         self.dtype = first.dtype
 
     def _read(self, row: int) -> torch.Tensor:
-        item = self.dataset[row]
+        with torch.random.fork_rng(devices=[]):
+            torch.set_rng_state(self._stream.get_state())
+            item = self.dataset[row]
+            self._stream.set_state(torch.get_rng_state())
         value = item[0] if isinstance(item, (tuple, list)) else item
-        return torch.as_tensor(value)
+        if not isinstance(value, torch.Tensor) and not hasattr(value, "__array__"):
+            raise TypeError(f"item {row} of the dataset holds a {type(value).__name__}, not a "
+                            "tensor: give the dataset a transform that makes one (e.g. "
+                            "torchvision's ToTensor())")
+        value = torch.as_tensor(value)
+        return value.to(torch.get_default_dtype()) if value.is_floating_point() else value
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, index: int | slice | torch.Tensor | Sequence[int]) -> Any:
-        if isinstance(index, int):
-            return self._read(self.rows[index])
+    def __getitem__(self, index: Any) -> Any:
         if isinstance(index, slice):
-            return LazyInputs(self.dataset, self.rows[index]).load()
+            rows = self.rows[index]
+            if index.step not in (None, 1):  # a rank's share: still read only when used
+                return LazyInputs(self.dataset, rows, _like=self)
+            return self._stack(rows)
+        if isinstance(index, int) or (hasattr(index, "__index__") and not isinstance(
+                index, torch.Tensor)) or (isinstance(index, torch.Tensor) and index.dim() == 0):
+            return self._read(self.rows[int(index)])
         positions = torch.as_tensor(index).reshape(-1).tolist()
-        if not positions:
+        return self._stack([self.rows[p] for p in positions])
+
+    def _stack(self, rows: Sequence[int]) -> torch.Tensor:
+        if not rows:
             return torch.zeros((0, *self.shape[1:]), dtype=self.dtype)
-        return torch.stack([self._read(self.rows[p]) for p in positions])
+        return torch.stack([self._read(row) for row in rows])
 
     def load(self) -> torch.Tensor:
         """Every input, read into one tensor."""
-        return self[torch.arange(len(self.rows))]
+        return self._stack(self.rows)
 
     def to(self, device: str | torch.device) -> LazyInputs:
         """Itself: a batch is read and moved to the device when it is used."""
@@ -73,8 +98,13 @@ class LazyInputs:
 
 def labels_of(dataset: Any) -> torch.Tensor:
     """A dataset's labels as an int64 tensor: its ``targets`` attribute (torchvision's
-    datasets) when it has one, else read from ``dataset[i][1]`` once."""
+    datasets; a ``Subset``'s picked from its dataset's) when it has one, else read from
+    ``dataset[i][1]`` once (every item, transforms included)."""
     targets = getattr(dataset, "targets", None)
+    inner = getattr(dataset, "dataset", None)
+    if targets is None and getattr(inner, "targets", None) is not None and hasattr(
+            dataset, "indices"):
+        targets = torch.as_tensor(inner.targets)[torch.as_tensor(list(dataset.indices))]
     if targets is None:
         targets = [int(dataset[i][1]) for i in range(len(dataset))]
     return torch.as_tensor(targets, dtype=torch.long).reshape(-1)

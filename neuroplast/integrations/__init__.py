@@ -158,7 +158,7 @@ class FrameworkSizing(SelfSizing):
 def sized_loss(method: Method, model: nn.Module, compute: Callable[[], torch.Tensor],
                context: Context | None = None,
                quiet: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
-               ) -> torch.Tensor:
+               penalty_scale: float = 1.0) -> torch.Tensor:
     """The user's loss with the method's terms: its penalty and, for NPN, ARM's gradient.
 
     ``compute()`` runs the user's loss computation (the forward pass included) on the current
@@ -168,21 +168,23 @@ def sized_loss(method: Method, model: nn.Module, compute: Callable[[], torch.Ten
     BatchNorm statistics frozen, dropout replaying the main pass's draws, under ``quiet()``,
     e.g. muted logging). The loss returned is the main one plus
     :func:`~neuroplast.gates.npn.gradient_term` of ``k * (F1 - F2) * (u - 1/2)``, a
-    zero-valued term carrying ARM's gradient into ``phi``, plus the penalty.
+    zero-valued term carrying ARM's gradient into ``phi``, plus the penalty (times
+    ``penalty_scale``: a framework that adds micro-batches' losses without dividing them
+    counts it once per step only so).
     """
     if not model.training or not torch.is_grad_enabled():
         return compute()  # evaluation: the user's loss as it is
     if not isinstance(method, NPN):  # the default training_loss: the loss plus the penalty
         loss = compute()
         extra = method.penalty(context)
-        return loss if extra is None else loss + extra
+        return loss if extra is None else loss + penalty_scale * extra
     gates = [gate for gate in npn_gates(model) if gate.training and gate.stochastic]
     if any(gate.per_example for gate in gates):
         raise ValueError("NPN in a framework's loop draws its gates once per batch: "
                          "per_example=False")
     learning = [gate for gate in gates if gate.k > 0]
     if not learning:  # k = inf (deterministic) or k = 0 (dropout): one pass, no ARM
-        return compute() + method._penalty_with_l0_gradient()
+        return compute() + penalty_scale * method._penalty_with_l0_gradient()
     draws = {gate: gate.draw(1) for gate in gates}  # per batch: the batch size is not used
     device = learning[0].phi.device
     try:
@@ -199,7 +201,7 @@ def sized_loss(method: Method, model: nn.Module, compute: Callable[[], torch.Ten
     difference = other.detach() - main.detach()
     term = gradient_term((gate.phi, gate.k * difference * (draws[gate] - 0.5))
                          for gate in learning)
-    return main + term + method._penalty_with_l0_gradient()
+    return main + term + penalty_scale * method._penalty_with_l0_gradient()
 
 
 def batch_size(batch: Any) -> int:

@@ -80,7 +80,7 @@ class SelfSizingTrainer(Trainer):
         network, self._added = prepare(self.method, network)
         network.to(device)  # the gates join the model where the Trainer put it
         if model_attribute:
-            setattr(self.model, model_attribute, network)
+            self.model.set_submodule(model_attribute, network)
         else:
             self.model = network
         self.sizing: FrameworkSizing | None = None
@@ -92,7 +92,7 @@ class SelfSizingTrainer(Trainer):
         """The network the method sizes."""
         if not self.model_attribute:
             return self.model
-        return getattr(self.model, self.model_attribute)
+        return self.model.get_submodule(self.model_attribute)
 
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
         """The Trainer's optimizer, the method's parameters in the groups it wants them in."""
@@ -118,7 +118,12 @@ class SelfSizingTrainer(Trainer):
             outputs.append(output)
             return loss
 
-        loss = sized_loss(self.method, self.network, compute, self.sizing)
+        # Where the Trainer does not divide a micro-batch's loss by the accumulation steps (the
+        # model normalises by the tokens of the whole step), the penalty must be divided here.
+        undivided = (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or (
+            self.compute_loss_func is not None)
+        scale = 1.0 / self.current_gradient_accumulation_steps if undivided else 1.0
+        loss = sized_loss(self.method, self.network, compute, self.sizing, penalty_scale=scale)
         if self.sizing is not None:
             self.sizing.record_batch(loss, batch_size(inputs))
         return (loss, outputs[0]) if return_outputs else loss

@@ -67,11 +67,15 @@ class NeuroplastCallback(Callback):
         self.sizing: FrameworkSizing | None = None
         self.history: list[dict[str, Any]] = []
         self._added: set[str] | None = None  # names of the parameters the method added
+        self._prepared: nn.Module | None = None  # the network they were added to
         self._wrapped: tuple[LightningModule, Any] | None = None  # module, its own attribute
 
     def network(self, pl_module: LightningModule) -> nn.Module:
         """The network the method sizes."""
-        network = getattr(pl_module, self.model_attribute, None)
+        try:
+            network = pl_module.get_submodule(self.model_attribute)
+        except AttributeError:
+            network = None
         if not isinstance(network, nn.Module):
             raise AttributeError(f"the LightningModule has no network at .{self.model_attribute}"
                                  ": give NeuroplastCallback(model_attribute=...)")
@@ -85,9 +89,11 @@ class NeuroplastCallback(Callback):
         if not pl_module.automatic_optimization:
             raise ValueError("neuroplast's Lightning callback needs automatic optimization: its "
                              "terms join the loss your training_step returns")
-        if self._added is None:  # once: a second fit goes on with the prepared network
+        if self._prepared is not self.network(pl_module):
+            # Once per network: a second fit of the same module goes on with it as it is.
             network, self._added = prepare(self.method, self.network(pl_module))
-            setattr(pl_module, self.model_attribute, network)
+            pl_module.set_submodule(self.model_attribute, network)
+            self._prepared = network
         if self._wrapped is None:
             original = pl_module.training_step
             self._wrapped = (pl_module, vars(pl_module).get("training_step"))

@@ -114,6 +114,7 @@ class MetaNet(Method):
 
     name = "metanet"
     resizes_traced_groups = True  # its width search runs on a traced model's groups
+    reads_training_examples = True  # compression refits on training inputs
     description = ("MetaNet: grows the hidden width while it helps, compresses it while it "
                    "is free (or metabolises it: proliferation and autophagy in cycles)")
     # The default job's schedule. The search takes at most the first two thirds of it, where

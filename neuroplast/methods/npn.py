@@ -375,14 +375,14 @@ class NPN(Method):
 
     def on_epoch_begin(self, trainer: Context, epoch: int) -> None:
         self.set_k(self.k_at(epoch))
-        if self._gate_optimizer is not None:
-            # Follow the run's learning-rate schedule, as one shared optimizer would.
-            decay = trainer.optimizer.param_groups[0]["lr"] / trainer.config.lr
-            for group in self._gate_optimizer.param_groups:
-                group["lr"] = (self.gate_lr or trainer.config.lr) * decay
 
     def after_backward(self, trainer: Context) -> None:
         if self._gate_optimizer is not None:
+            # Follow the run's learning-rate schedule step by step (a warm-up moves it within
+            # an epoch), as one shared optimizer would.
+            decay = trainer.optimizer.param_groups[0]["lr"] / trainer.config.lr
+            for group in self._gate_optimizer.param_groups:
+                group["lr"] = (self.gate_lr or trainer.config.lr) * decay
             self._gate_optimizer.step()
             # Cleared after its step (the run's optimizer does not hold phi), so the gradients
             # of accumulated micro-batches add up until then.

@@ -418,6 +418,11 @@ class TracedUnits:
         readers = [t for t in group.tensors if t.role == "consumes"]
         if len(readers) != 1 or not readers[0].name.endswith(".weight") or readers[0].dim != 1:
             return None
+        norms = (nn.LayerNorm, nn.GroupNorm, getattr(nn, "RMSNorm", nn.LayerNorm))
+        for tensor in group.tensors:  # a norm over the units: fewer of them change it
+            owner = self.graph.model.get_submodule(tensor.name.rpartition(".")[0])
+            if tensor.role == "per_unit" and isinstance(owner, norms):
+                return None
         name = readers[0].name.rpartition(".")[0]
         linear = self.graph.model.get_submodule(name)
         if type(linear) is not nn.Linear:
@@ -453,6 +458,8 @@ def compress(model: nn.Module, layer: str, keep: int, inputs: torch.Tensor, *,
     """Shrink ``layer`` to ``keep`` units, preserving what it feeds its consumer on ``inputs``
     (see :func:`select_and_refit`). Costs about ``3 * keep * width * len(inputs)``
     multiply-adds."""
+    if len(inputs) == 0:
+        raise ValueError(f"compressing '{layer}' needs training inputs to refit on; got none")
     group = dense_group(model, layer)
     h = _capture(model, feature_module(group), inputs, group.consumer.weight.device, False)
     chosen, new_weight, shift = select_and_refit(
