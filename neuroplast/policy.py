@@ -196,6 +196,12 @@ class Callback:
     def on_batch_end(self, trainer: Context, loss: torch.Tensor) -> None:
         """After the optimizer step; ``loss`` is the batch's (detached) training loss."""
 
+    def on_epoch_logged(self, trainer: Context, record: dict[str, Any]) -> None:
+        """The epoch's record is complete and in the history (print, log, checkpoint here)."""
+
+    def on_exit(self, trainer: Context) -> None:
+        """Training is over, however it ended (close files here)."""
+
     def state_dict(self) -> dict[str, Any]:
         """JSON values and tensors to checkpoint (restored before training resumes)."""
         return {}

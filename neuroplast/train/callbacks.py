@@ -12,11 +12,14 @@ that has ``model``, ``optimizer`` and ``epoch`` attributes and the helper method
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from ..policy import Callback, Context, Method, option
 
-__all__ = ["Callback", "CollapseGuard", "Context", "Method", "TrainingCollapsed", "option"]
+__all__ = ["Callback", "Checkpointing", "CollapseGuard", "Context", "EpochPrinter", "Method",
+           "MetricsLog", "TrainingCollapsed", "option"]
 
 
 class TrainingCollapsed(RuntimeError):
@@ -95,3 +98,53 @@ def _plural(meaning: str | None) -> str:
     if not meaning or meaning.startswith("units it"):
         return "units"
     return meaning
+
+
+class EpochPrinter(Callback):
+    """A line per epoch: training loss and accuracy, validation accuracy, widths, parameters,
+    time and the epoch's events (the test accuracy is said once, at the end: an epoch is never
+    chosen by it)."""
+
+    def on_epoch_logged(self, trainer: Context, record: dict[str, Any]) -> None:
+        events = f"  [{'; '.join(record['events'])}]" if record["events"] else ""
+        widths = "-".join(str(w) for w in trainer.live_widths().values())
+        trainer._say(
+            f"epoch {record['epoch']}/{trainer.config.epochs}  loss {record['train_loss']:.4f}  "
+            f"acc {record['train_accuracy']:.2%}  val {record['val_accuracy']:.2%}  "
+            f"widths {widths}  params {record['params']:,}  {record['seconds']:.1f}s{events}")
+
+
+class MetricsLog(Callback):
+    """``metrics.jsonl`` (and TensorBoard with ``config.tensorboard``) in the run directory, a
+    line per epoch, written by the main process; a resumed run drops the lines of the epochs
+    it runs again."""
+
+    def __init__(self) -> None:
+        self.logger = None
+
+    def on_train_begin(self, trainer: Context) -> None:
+        if getattr(trainer, "run_dir", None) is not None and trainer.is_main:
+            from ..report import MetricsLogger
+
+            self.logger = MetricsLogger(trainer.run_dir, tensorboard=trainer.config.tensorboard)
+            self.logger.truncate_to(trainer.epoch)
+
+    def on_epoch_logged(self, trainer: Context, record: dict[str, Any]) -> None:
+        if self.logger is not None:
+            self.logger.log(record)
+
+    def on_exit(self, trainer: Context) -> None:
+        if self.logger is not None:
+            self.logger.close()
+            self.logger = None
+
+
+class Checkpointing(Callback):
+    """The checkpoint at an epoch's end when it is due (``config.checkpoint_every``; by
+    default whenever writing it costs under 5 % of the training since the last). The trainer
+    itself saves after training and at an interrupt between batches."""
+
+    def on_epoch_logged(self, trainer: Context, record: dict[str, Any]) -> None:
+        if trainer._checkpoint_due(record["seconds"]):
+            trainer.save()
+

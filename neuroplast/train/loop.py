@@ -38,7 +38,7 @@ from ..data import DataSplits
 from ..data.augment import BatchAugmentation, black_fill, check_augmentation
 from ..distributed import DistributedContext, SingleProcess
 from ..policy import Callback, Context, Method
-from .callbacks import CollapseGuard, TrainingCollapsed
+from .callbacks import Checkpointing, CollapseGuard, EpochPrinter, MetricsLog, TrainingCollapsed
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 PRECISIONS = ("32", "bf16-mixed")
@@ -234,7 +234,9 @@ class Trainer(Context):
             self.config.augment, self.config.augment_padding, self.config.seed,
             black_fill(data.input_mean, data.input_std, channels))
         self.method = method
-        self.callbacks: list[Callback] = [method, CollapseGuard(), *callbacks]
+        # The loop's own services come last: they see the epoch as the method left it.
+        self.callbacks: list[Callback] = [method, CollapseGuard(), *callbacks, EpochPrinter(),
+                                          MetricsLog(), Checkpointing()]
         self.model = method.prepare_model(model).to(self.device)
         groups = method.param_groups(self.model, self.config.lr)
         self.optimizer = make_optimizer(self.config, groups or self.model.parameters())
@@ -255,7 +257,6 @@ class Trainer(Context):
         self._save_seconds: float | None = None  # what writing the last checkpoint cost
         self._unsaved_seconds = 0.0  # training time since then
         self._stop_signal: int | None = None
-        self._logger = None
         self.loss_scale = 1.0  # this rank's weight of its share of the batch (1 in one process)
         self.batch_rows: tuple[int, torch.Tensor] | None = None  # (global size, rows) under DDP
 
@@ -465,11 +466,6 @@ class Trainer(Context):
         Raises nothing for a diverged loss or Ctrl-C: both stop the run, keep a usable
         checkpoint and set ``stopped_early``.
         """
-        if self.run_dir is not None and self.is_main:
-            from ..report import MetricsLogger
-
-            self._logger = MetricsLogger(self.run_dir, tensorboard=self.config.tensorboard)
-            self._logger.truncate_to(self.epoch)
         try:
             for callback in self.callbacks:
                 callback.on_train_begin(self)
@@ -492,11 +488,8 @@ class Trainer(Context):
                 self.train_seconds += seconds
                 self.epoch = epoch
                 self.history.append(record)
-                self._print_epoch(record)
-                if self._logger is not None:
-                    self._logger.log(record)
-                if self._checkpoint_due(seconds):
-                    self.save()
+                for callback in self.callbacks:
+                    callback.on_epoch_logged(self, record)
             for callback in self.callbacks:
                 callback.on_train_end(self)
             self._agree("when training ends", full=True)
@@ -525,8 +518,8 @@ class Trainer(Context):
                 self.save()
             self._tell(self._interrupted_message())
         finally:
-            if self._logger is not None:
-                self._logger.close()
+            for callback in self.callbacks:
+                callback.on_exit(self)
         return self.history
 
     def _interrupted_message(self) -> str:
@@ -550,17 +543,6 @@ class Trainer(Context):
         """Why the run stopped: shown even with ``progress`` off."""
         if self.is_main:
             tqdm.write(text, file=sys.stderr)
-
-    def _print_epoch(self, record: dict[str, Any]) -> None:
-        events = f"  [{'; '.join(record['events'])}]" if record["events"] else ""
-        self._say(
-            f"epoch {record['epoch']}/{self.config.epochs}  loss {record['train_loss']:.4f}  "
-            # The test accuracy is logged but said once, at the end: an epoch is never
-            # chosen by it.
-            f"acc {record['train_accuracy']:.2%}  val {record['val_accuracy']:.2%}  "
-            f"widths {self._width_text()}  "
-            f"params {record['params']:,}  {record['seconds']:.1f}s{events}"
-        )
 
     # ------------------------------------------------------------------ checkpoints
     def _checkpoint_due(self, epoch_seconds: float) -> bool:
