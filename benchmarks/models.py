@@ -26,11 +26,13 @@ entry per model; models already there are skipped unless ``--force``) and a Mark
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import datetime as dt
 import importlib.metadata
 import json
 import math
+import signal
 import time
 import traceback
 import warnings
@@ -46,6 +48,7 @@ from neuroplast import trace_unit_groups
 from neuroplast.core.count import _macs
 
 OUT = Path("benchmarks/results/models.json")
+PEER_SECONDS = 180  # Torch-Pruning's dependency graph of the 58M Llama ran for over 10 minutes
 KEEP = 0.75
 
 
@@ -165,7 +168,11 @@ def measure(name: str, tiny: bool) -> dict[str, Any]:
         warnings.simplefilter("ignore")
         record["neuroplast"] = neuroplast_cut(model, example)
         try:
-            record["torch_pruning"] = torch_pruning_cut(peer, example)
+            with _time_limit(PEER_SECONDS):
+                record["torch_pruning"] = torch_pruning_cut(peer, example)
+        except TimeoutError:
+            record["torch_pruning"] = {
+                "error": f"did not finish within {PEER_SECONDS} s on this CPU"}
         except ImportError as error:
             record["torch_pruning"] = {"error": f"not installed ({error})"}
         except Exception as error:  # noqa: BLE001 - a peer's failure is a result
@@ -175,6 +182,21 @@ def measure(name: str, tiny: bool) -> dict[str, Any]:
                 "error": f"{type(error).__name__}: {first}",
                 "where": f"{Path(where.filename).name}:{where.lineno} in {where.name}"}
     return record
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: int):
+    """Raise TimeoutError in this (main) thread after ``seconds`` (POSIX alarm)."""
+    def expire(signum: int, frame: Any) -> None:
+        raise TimeoutError
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def write_table(results: dict[str, Any], path: Path) -> str:

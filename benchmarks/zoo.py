@@ -232,6 +232,19 @@ def hf_gpt2(tiny: bool = True) -> tuple[nn.Module, dict[str, torch.Tensor]]:
     return GPT2LMHeadModel(config), {"input_ids": _ids(100)}
 
 
+def hf_llama(tiny: bool = True) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    if not tiny:  # Llama's architecture at a size this CPU traces in seconds (58M)
+        config = LlamaConfig(vocab_size=32000, hidden_size=512, intermediate_size=1376,
+                             num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=8)
+        return LlamaForCausalLM(config), {"input_ids": _ids(32000, 1, 128)}
+    config = LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+                         max_position_embeddings=32)
+    return LlamaForCausalLM(config), {"input_ids": _ids(100)}
+
+
 def hf_vit(tiny: bool = True) -> tuple[nn.Module, dict[str, torch.Tensor]]:
     from transformers import ViTConfig, ViTForImageClassification
 
@@ -263,6 +276,7 @@ ZOO: dict[str, tuple[Callable[[], tuple[nn.Module, Any]], str]] = {
     "hf-bert": (hf_bert, "Hugging Face BertForSequenceClassification, tiny config"),
     "hf-gpt2": (hf_gpt2, "Hugging Face GPT2LMHeadModel, tiny config"),
     "hf-vit": (hf_vit, "Hugging Face ViTForImageClassification, tiny config"),
+    "hf-llama": (hf_llama, "Hugging Face LlamaForCausalLM (RMSNorm, rotary, SwiGLU), tiny"),
 }
 
 
@@ -294,6 +308,9 @@ FULL_SIZE: dict[str, str] = {
                "12 heads); input_ids 1x128",
     "hf-vit": "ViTForImageClassification(ViTConfig(num_labels=1000)): vit-base-patch16-224 "
               "(hidden 768, 12 layers, 12 heads, FFN 3072); pixel_values 1x3x224x224",
+    "hf-llama": "LlamaForCausalLM(LlamaConfig(vocab 32000, hidden 512, 8 layers, 8 heads, "
+                "intermediate 1376)): Llama's architecture (RMSNorm, rotary, SwiGLU) at 58M; "
+                "input_ids 1x128",
 }
 
 
@@ -309,7 +326,7 @@ def full_size(name: str) -> tuple[nn.Module, Any]:
         return MobileNetV3Small(1000, 1024), _image(224)[:1]
     if name == "vit-tiny":
         return VisionTransformer(224, 16, 192, 12, 3, 4.0, 1000), _image(224)[:1]
-    builders = {"hf-bert": hf_bert, "hf-gpt2": hf_gpt2, "hf-vit": hf_vit}
+    builders = {"hf-bert": hf_bert, "hf-gpt2": hf_gpt2, "hf-vit": hf_vit, "hf-llama": hf_llama}
     if name in builders:
         return builders[name](tiny=False)
     raise KeyError(name)
