@@ -30,6 +30,7 @@ from .export import FORMATS, ExportError
 from .methods import METHODS, method_fields
 from .models import MODELS
 from .models.mlp import ACTIVATIONS
+from .objective import LOSSES
 from .recipes import list_recipes, recipe_path
 from .train.loop import OPTIMIZERS, PRECISIONS, SCHEDULERS, TrainConfig
 from .train.run import RunConfig, RunDirectoryError
@@ -141,6 +142,9 @@ def _add_train_arguments(parser: argparse.ArgumentParser, shown_method: str | No
     add("--batch-size", type=int, default=s, help="mini-batch size (default 64)")
     add("--accumulate", type=int, default=s, metavar="N",
         help="split each batch into N micro-batches (gradient accumulation; default 1)")
+    add("--loss", choices=tuple(LOSSES), default=s,
+        help="cross-entropy (default: classification) or mse (regression: an npz file whose "
+             "'y' holds the numbers to predict)")
     add("--precision", choices=PRECISIONS, default=s,
         help="32, or bf16-mixed: forward passes under bfloat16 autocast (default 32)")
     add("--grad-clip", type=float, default=s, metavar="NORM",
@@ -476,14 +480,17 @@ def _exit_status(stopped_early: str | None) -> int:
 
 
 def _print_summary(run_dir: Path, summary: dict[str, Any]) -> None:
-    accuracy = summary["test_accuracy"]
-    text = "n/a" if accuracy is None else f"{accuracy:.2%}"
+    accuracy, loss = summary["test_accuracy"], summary.get("test_loss")
+    if accuracy is None and loss is not None:  # a regression: its loss is the measure
+        text = f"loss {loss:.4g}"
+    else:
+        text = "accuracy " + ("n/a" if accuracy is None else f"{accuracy:.2%}")
     widths = "-".join(map(str, summary["initial_widths"])), "-".join(
         map(str, summary["final_widths"]))
     counts = summary.get("layer_counts") or []
     # Say what the widths count when it is not each layer's own units (gated inputs, say).
     meaning = "" if all(c == "units it outputs" for c in counts) else f" ({', '.join(counts)})"
-    print(f"{summary['method']} {summary['model']} on {summary['dataset']}: test accuracy {text} "
+    print(f"{summary['method']} {summary['model']} on {summary['dataset']}: test {text} "
           f"after {summary['epochs']} epochs, widths {widths[0]} -> {widths[1]}{meaning}, "
           f"{'n/a' if summary['params'] is None else format(summary['params'], ',')} "
           f"parameters, {summary['train_seconds']:.1f}s")

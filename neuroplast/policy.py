@@ -19,12 +19,12 @@ import math
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .core.groups import layer_widths
 from .core.resize import grow_units, prune_units, split_units
 from .distributed import SingleProcess
+from .objective import Objective, objective
 
 if TYPE_CHECKING:  # only for type hints
     from .core.trace import UnitGraph
@@ -72,6 +72,29 @@ class Context:
     def __init__(self) -> None:
         self.last_metrics: dict[str, Any] = {}
         self.events: list[str] = []
+
+    @property
+    def objective(self) -> Objective:
+        """What training minimises (``config.loss``: cross-entropy by default, or mse)."""
+        return objective(getattr(getattr(self, "config", None), "loss", "cross-entropy"))
+
+    def validation_score(self) -> tuple[float, float]:
+        """The last epoch's validation score (higher is better: the accuracy, or minus the
+        loss for a regression) and its standard error: what methods keep the best of."""
+        return self.objective.score(self.last_metrics, len(self.data.y_val))
+
+    def training_examples(self, count: int, generator: torch.Generator
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Up to ``count`` training examples drawn at random with ``generator`` (for methods
+        that refit on examples, such as MetaNet's compression)."""
+        data = self.data
+        stream = getattr(data.x_train, "examples", None)
+        if stream is not None:  # training data streamed: the first examples of a seeded pass
+            return stream(count, generator)
+        count = min(count, len(data.y_train))
+        index = torch.randperm(len(data.y_train), generator=generator)[:count]
+        index = index.to(data.y_train.device)
+        return data.x_train[index], data.y_train[index]
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """Forward passes under ``config.precision`` (bfloat16 autocast for "bf16-mixed")."""
@@ -131,12 +154,14 @@ class Context:
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
     def evaluate(self, inputs: torch.Tensor, targets: torch.Tensor) -> Evaluation:
-        """Mean cross-entropy, accuracy and the loss's standard error on a split (eval mode).
+        """Mean loss (``objective``), accuracy (NaN for a regression) and the loss's standard
+        error on a split (eval mode).
 
         Under DDP every rank must call it: each evaluates its share and the sums are reduced.
         """
         if len(targets) == 0:
             return Evaluation(math.nan, math.nan, math.nan)
+        objective = self.objective
         was_training = self.model.training
         self.model.eval()
         # Each rank evaluates its share (one process: all of it); the sums are reduced.
@@ -148,11 +173,12 @@ class Context:
             x = inputs[start : start + self.config.eval_batch_size].to(self.device)
             y = targets[start : start + self.config.eval_batch_size].to(self.device)
             with self.autocast():
-                logits = self.model(x).float()
-            losses = F.cross_entropy(logits, y, reduction="none").double()
+                outputs = self.model(x).float()
+            losses = objective.example_losses(outputs, y).double()
             sums[0] += losses.sum()
             sums[1] += losses.square().sum()
-            sums[2] += (logits.argmax(1) == y).sum()
+            correct = objective.correct(outputs, y)
+            sums[2] += correct if correct is not None else math.nan
         self.model.train(was_training)
         loss_sum, square_sum, correct = self.all_reduce_sum_(sums).cpu().tolist()
         mean = loss_sum / total
@@ -257,7 +283,7 @@ class Method(Callback):
         distributed training, else the model itself).
         """
         logits = getattr(trainer, "train_model", trainer.model)(inputs)
-        loss = F.cross_entropy(logits, targets)
+        loss = trainer.objective.loss(logits, targets)
         extra = self.penalty(trainer)
         return (loss if extra is None else loss + extra), logits
 

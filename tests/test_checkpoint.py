@@ -16,6 +16,7 @@ import neuroplast as npl
 from neuroplast.core.checkpoint import load_checkpoint, write_atomic
 from neuroplast.models import build_model
 from neuroplast.train import Trainer
+from neuroplast.train.callbacks import Checkpointing
 from neuroplast.train.loop import TrainConfig
 
 
@@ -269,15 +270,15 @@ def test_checkpoint_every_n_epochs_resumes_exactly_from_the_last_one_written(tmp
 def test_the_automatic_rule_keeps_checkpoint_time_a_small_share():
     trainer = Trainer.__new__(Trainer)
     trainer.config = TrainConfig(checkpoint_every=0, epochs=100)
-    trainer._save_seconds, trainer._unsaved_seconds, trainer.epoch = None, 0.0, 1
-    trainer.stop_training = False
-    assert trainer._checkpoint_due(0.01)  # nothing saved yet: save to learn the cost
-    trainer._save_seconds, trainer._unsaved_seconds = 0.1, 0.0
-    due = [trainer._checkpoint_due(0.5) for _ in range(8)]
+    trainer.save_seconds, trainer.epoch, trainer.stop_training = None, 1, False
+    rule = Checkpointing()
+    assert rule.due(trainer, 0.01)  # nothing saved yet: save to learn the cost
+    trainer.save_seconds, rule.unsaved_seconds = 0.1, 0.0
+    due = [rule.due(trainer, 0.5) for _ in range(8)]
     # 0.1 s to save against 0.5 s epochs: due once 1.9 s of training is unsaved (4th epoch).
     assert due == [False, False, False, True, True, True, True, True]
-    trainer._unsaved_seconds, trainer.epoch = 0.0, 100
-    assert trainer._checkpoint_due(0.01)  # the last epoch, always
+    rule.unsaved_seconds, trainer.epoch = 0.0, 100
+    assert rule.due(trainer, 0.01)  # the last epoch, always
 
 
 def test_checkpoint_every_must_be_a_count():

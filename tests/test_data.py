@@ -102,8 +102,9 @@ def assert_splits_sane(s: DataSplits) -> None:
 
 
 def test_public_api() -> None:
-    assert sorted(data.__all__) == ["DATASETS", "DataError", "DataSplits", "LazyInputs",
-                                    "dataset_splits", "load_dataset"]
+    assert sorted(data.__all__) == ["BatchStream", "DATASETS", "DataError", "DataSplits",
+                                    "LazyInputs", "dataset_splits", "load_dataset",
+                                    "streamed_splits"]
     assert DATASETS == (
         "moons", "digits", "mnist", "fashion-mnist", "cifar10", "npz", "csv", "folder", "teacher",
     )  # fmt: skip

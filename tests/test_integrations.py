@@ -4,11 +4,15 @@ Each runs a tiny MLP on digits for a few epochs on the CPU and is checked agains
 computed independently: gates that moved and units that were physically removed, optimizer
 state that followed every resize (its shapes, and a step count equal to the steps taken, so it
 was carried rather than restarted), ARM's gradient for one batch against a hand computation of
-``k * (F1 - F2) * (u - 1/2)``, and clear refusals (DDP, an LR scheduler under a new group).
+``k * (F1 - F2) * (u - 1/2)``, clear refusals (DDP, an LR scheduler under a new group), the
+planned epochs under ``max_steps``, and a run resumed from the framework's own checkpoint,
+taken after a physical resize, into a freshly built model: it ends as the uninterrupted run
+does (widths, method state, history, weights and optimizer state).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import types
 
@@ -22,6 +26,9 @@ from neuroplast.data import load_dataset
 # Gates that decide within three epochs: plastic (k = 7) for two, then k = inf, when the
 # physical implementation removes every unit whose gate is off; a price that closes some.
 NPN_OPTIONS = {"k_schedule": "1:7,3:inf", "implementation": "physical", "lambdas": (0.003,)}
+# For a resume after epoch 2 (units removed at its end): plastic again in epoch 4, where the
+# adapted price (the method's state) and the gate draws shape the weights.
+RESUME_OPTIONS = {**NPN_OPTIONS, "k_schedule": "1:7,3:inf,4:7"}
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +53,36 @@ def assert_state_follows(optimizer: torch.optim.Optimizer, model: nn.Module, ste
                 assert value.shape == parameter.shape
         # Carried through the resize, not restarted (three epochs of equal steps).
         assert int(state["step"]) == (steps * 2 // 3 if parameter is phi else steps)
+
+
+def assert_same_state(first, second):
+    """Two (nested) states are equal, tensors within float tolerance."""
+    if isinstance(first, torch.Tensor):
+        assert isinstance(second, torch.Tensor) and first.shape == second.shape
+        assert torch.allclose(first.float(), second.float(), atol=1e-6), (first, second)
+    elif isinstance(first, dict):
+        assert isinstance(second, dict) and first.keys() == second.keys(), (first, second)
+        for key in first:
+            assert_same_state(first[key], second[key])
+    elif isinstance(first, (list, tuple)):
+        assert isinstance(second, (list, tuple)) and len(first) == len(second)
+        for a, b in zip(first, second, strict=True):
+            assert_same_state(a, b)
+    elif isinstance(first, float) and math.isnan(first):
+        assert isinstance(second, float) and math.isnan(second)
+    else:
+        assert first == second
+
+
+def assert_resumed_like_uninterrupted(whole, resumed):
+    """``(model, method, history, optimizer)`` of two runs: the same end."""
+    (model, method, history, optimizer), (model2, method2, history2, optimizer2) = whole, resumed
+    assert [r["widths"] for r in history2] == [r["widths"] for r in history]
+    assert_same_state(history2, history)  # the first epochs' records came with the checkpoint
+    assert method.state_dict()["price_scale"] > 1  # the price moved: its state matters
+    assert_same_state(method2.state_dict(), method.state_dict())
+    assert_same_state(model2.state_dict(), model.state_dict())
+    assert_same_state(optimizer2.state_dict(), optimizer.state_dict())
 
 
 def hand_arm_gradient(net: nn.Sequential, x: torch.Tensor, y: torch.Tensor, u: torch.Tensor,
@@ -184,6 +221,94 @@ def test_lightning_metanet_search_resizes(pl, digits):
     assert callback.history[-1]["val_accuracy"] > 0.85
 
 
+def lightning_resumable_fit(pl, digits, directory, ckpt_path=None):
+    """Four epochs of RESUME_OPTIONS, a checkpoint after each. Lightning restores neither the
+    loader's shuffling nor torch's generator (the gates' draws): no shuffling, and the
+    generator seeded at every epoch's start, so a resumed run can draw what the whole one drew.
+    """
+    from neuroplast.integrations.lightning import NeuroplastCallback
+
+    class Reseed(pl.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            torch.manual_seed(trainer.current_epoch)
+
+    pl.seed_everything(0, verbose=False)
+    module = lightning_parts(pl)()  # a fresh module, 32 units wide
+    callback = NeuroplastCallback("npn", val=(digits.x_val, digits.y_val), **RESUME_OPTIONS)
+    data = torch.utils.data.TensorDataset(digits.x_train, digits.y_train)
+    loader = torch.utils.data.DataLoader(data, batch_size=64)
+    checkpoints = pl.callbacks.ModelCheckpoint(dirpath=directory, save_top_k=-1,
+                                               filename="{epoch}")
+    trainer = pl.Trainer(max_epochs=4, accelerator="cpu", devices=1, logger=False,
+                         enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=[callback, Reseed(), checkpoints])
+    trainer.fit(module, loader, ckpt_path=ckpt_path)
+    return module, callback, trainer
+
+
+def test_lightning_resumes_a_resized_network_from_its_checkpoint(pl, digits, tmp_path):
+    module, callback, trainer = lightning_resumable_fit(pl, digits, tmp_path / "whole")
+    after_two = tmp_path / "whole" / "epoch=1.ckpt"
+    saved = torch.load(after_two, weights_only=True)  # plain values and tensors: no pickle
+    assert saved["state_dict"]["model.1.weight"].shape[0] < 32  # units were removed
+    assert saved["callbacks"]["NeuroplastCallback"]["epoch"] == 2
+    module2, callback2, trainer2 = lightning_resumable_fit(pl, digits, tmp_path / "resumed",
+                                                           ckpt_path=after_two)
+    assert callback2.sizing.epoch == 4 and trainer2.global_step == trainer.global_step
+    assert_resumed_like_uninterrupted(
+        (module.model, callback.method, callback.history, trainer.optimizers[0]),
+        (module2.model, callback2.method, callback2.history, trainer2.optimizers[0]))
+    assert callback2._resize_on_load is None  # the load hook is gone once training started
+
+
+def test_lightning_plans_epochs_from_max_steps(pl, digits):
+    from neuroplast.integrations.lightning import NeuroplastCallback
+
+    # 18 batches of 64 a epoch, an optimizer step every 2 (and at the epoch's end): 9 steps a
+    # epoch, so 20 steps take 3 epochs, the last one partly.
+    callback = NeuroplastCallback("npn", val=(digits.x_val, digits.y_val), lambdas=(0.003,))
+    data = torch.utils.data.TensorDataset(digits.x_train, digits.y_train)
+    loader = torch.utils.data.DataLoader(data, batch_size=64)
+    trainer = pl.Trainer(max_steps=20, accumulate_grad_batches=2, accelerator="cpu", devices=1,
+                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, callbacks=[callback])
+    assert trainer.max_epochs in (None, -1)  # unset
+    trainer.fit(lightning_parts(pl)(), loader)
+    assert trainer.global_step == 20 and callback.sizing.config.epochs == 3
+    # NPN's default stages (20% and 70% of the planned epochs) over those 3 epochs.
+    assert callback.method.schedule(3) == [(1, math.inf), (2, 7.0), (3, math.inf)]
+    assert callback.method._schedule == callback.method.schedule(3)
+    assert [record["epoch"] for record in callback.history] == [1, 2, 3]
+    # Neither max_epochs nor max_steps: no planned epochs to follow.
+    callback = NeuroplastCallback("npn", val=(digits.x_val, digits.y_val))
+    trainer = pl.Trainer(max_epochs=-1, accelerator="cpu", devices=1, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, callbacks=[callback])
+    with pytest.raises(ValueError, match="set max_epochs, or max_steps"):
+        trainer.fit(lightning_parts(pl)(), loader)
+
+
+def test_resize_on_load_grows_and_prunes_to_the_saved_widths():
+    from neuroplast.core.resize import grow_units, prune_units
+    from neuroplast.integrations import resize_to_state_dict
+
+    saved = nn.Sequential(mlp(8))  # the network as a submodule: keys under a prefix
+    grow_units(saved, "0.1", 5)  # as MetaNet's search grows a layer
+    fresh = nn.Sequential(mlp(8))
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        fresh.load_state_dict(saved.state_dict())
+    handle = resize_to_state_dict(fresh[0])
+    fresh.load_state_dict(saved.state_dict())
+    assert fresh[0][1].out_features == 13 and fresh[0][3].in_features == 13
+    assert_same_state(fresh.state_dict(), saved.state_dict())
+    prune_units(saved, "0.1", [0, 4])
+    fresh.load_state_dict(saved.state_dict())
+    assert fresh[0][1].out_features == 2
+    handle.remove()  # the hook gone, a load does not resize
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        fresh.load_state_dict(nn.Sequential(mlp(8)).state_dict())
+
+
 def test_lightning_refuses_ddp_and_a_scheduler_under_a_new_group(pl, digits):
     from neuroplast.integrations.lightning import NeuroplastCallback
 
@@ -238,13 +363,13 @@ class Examples(torch.utils.data.Dataset):
         return {"pixel_values": self.x[index], "labels": self.y[index]}
 
 
-def hf_trainer(hf, digits, tmp_path, **options):
+def hf_trainer(hf, digits, tmp_path, epochs=3, save_strategy="no", **options):
     from neuroplast.integrations.huggingface import SelfSizingTrainer
 
     torch.manual_seed(0)
     args = hf.TrainingArguments(
-        output_dir=str(tmp_path), num_train_epochs=3, per_device_train_batch_size=64,
-        learning_rate=1e-2, report_to=[], save_strategy="no", logging_strategy="no",
+        output_dir=str(tmp_path), num_train_epochs=epochs, per_device_train_batch_size=64,
+        learning_rate=1e-2, report_to=[], save_strategy=save_strategy, logging_strategy="no",
         use_cpu=True, disable_tqdm=True, seed=0)
     return SelfSizingTrainer(model=Classifier(), args=args,
                              train_dataset=Examples(digits.x_train, digits.y_train),
@@ -285,3 +410,32 @@ def test_huggingface_refuses_ddp(hf, digits, tmp_path, monkeypatch):
     monkeypatch.setattr(hf.TrainingArguments, "world_size", property(lambda self: 2))
     with pytest.raises(RuntimeError, match="runs on one device"):
         hf_trainer(hf, digits, tmp_path)
+
+
+def test_huggingface_resumes_a_resized_network_from_its_checkpoint(hf, digits, tmp_path):
+    trainer = hf_trainer(hf, digits, tmp_path / "whole", epochs=4, save_strategy="epoch",
+                         **RESUME_OPTIONS)
+    trainer.train()
+    after_two = tmp_path / "whole" / f"checkpoint-{trainer.state.global_step // 2}"
+    state = json.loads((after_two / "neuroplast_sizing.json").read_text())
+    assert state["state"]["epoch"] == 2 and len(state["state"]["history"]) == 2
+    from safetensors.torch import load_file
+
+    weights = load_file(after_two / "model.safetensors")
+    assert weights["net.1.weight"].shape[0] < 32  # units were removed by then
+    resumed = hf_trainer(hf, digits, tmp_path / "resumed", epochs=4, save_strategy="epoch",
+                         **RESUME_OPTIONS)  # a fresh model, 32 units wide
+    resumed.train(resume_from_checkpoint=str(after_two))
+    assert resumed.sizing.epoch == 4 and resumed.state.global_step == trainer.state.global_step
+    assert_resumed_like_uninterrupted(
+        (trainer.model, trainer.method, trainer.history, trainer.optimizer.optimizer),
+        (resumed.model, resumed.method, resumed.history, resumed.optimizer.optimizer))
+    assert resumed._resize_on_load is None
+
+
+def test_huggingface_plans_epochs_from_max_steps(hf, digits, tmp_path):
+    trainer = hf_trainer(hf, digits, tmp_path, lambdas=(0.003,))
+    trainer.args.max_steps = 20  # 18 steps a epoch: 2 epochs, whatever num_train_epochs says
+    trainer.train()
+    assert trainer.state.global_step == 20 and trainer.sizing.config.epochs == 2
+    assert [record["epoch"] for record in trainer.history] == [1, 2]

@@ -31,6 +31,7 @@ from neuroplast.methods.proliferation import (
     gradient_matrix,
     random_birth,
 )
+from neuroplast.policy import Context
 
 
 def MetaNet(**options) -> _MetaNet:
@@ -313,11 +314,12 @@ def test_autophagy_respects_protection_cap_and_minimum_width():
 def _fake_trainer(model, epochs=20, x=None, y=None):
     """The attributes MetaNet uses, so a test can script the losses a cycle sees."""
     x, y = _data() if x is None else (x, y)
-    return SimpleNamespace(
-        model=model, optimizer=torch.optim.Adam(model.parameters(), lr=1e-3),
-        config=SimpleNamespace(epochs=epochs, seed=0), last_metrics={}, events=[],
-        data=SimpleNamespace(x_train=x, y_train=y), stop_training=False,
-        log_event=lambda text: None, all_reduce_sum_=lambda tensor: tensor)
+    trainer = Context()  # its training_examples, objective and all-reduce, no loop around it
+    trainer.model, trainer.optimizer = model, torch.optim.Adam(model.parameters(), lr=1e-3)
+    trainer.config = SimpleNamespace(epochs=epochs, seed=0)
+    trainer.data = SimpleNamespace(x_train=x, y_train=y)
+    trainer.log_event = lambda text: None
+    return trainer
 
 
 def _script(method, trainer, losses, val_loss_se=0.0, before_epoch=None, val_errors=None,

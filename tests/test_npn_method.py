@@ -16,6 +16,7 @@ from neuroplast.gates import NPNGate, compact_npn
 from neuroplast.methods import FixedWidth, build_method
 from neuroplast.methods.npn import NPN, parse_k_schedule
 from neuroplast.models import build_model
+from neuroplast.policy import Context
 from neuroplast.recipes import RECIPE_DIR
 from neuroplast.train import Callback
 from neuroplast.train.loop import TrainConfig, Trainer
@@ -509,10 +510,11 @@ def test_every_gate_that_closes_or_opens_is_logged_as_an_event(moons):
     assert closed["fc1"] > 0
 
 
-class _ValidationStub:
+class _ValidationStub(Context):
     """What NPN's price rule reads of a trainer: the last validation accuracy and its size."""
 
     def __init__(self, examples):
+        super().__init__()
         self.data = type("Data", (), {"y_val": torch.zeros(examples)})()
         self.last_metrics = {}
 

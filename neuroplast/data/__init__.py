@@ -10,5 +10,7 @@ what is wrong and how to fix it.
 from .base import DataError, DataSplits
 from .lazy import LazyInputs, dataset_splits
 from .registry import DATASETS, load_dataset
+from .stream import BatchStream, streamed_splits
 
-__all__ = ["DATASETS", "DataError", "DataSplits", "LazyInputs", "dataset_splits", "load_dataset"]
+__all__ = ["DATASETS", "BatchStream", "DataError", "DataSplits", "LazyInputs", "dataset_splits",
+           "load_dataset", "streamed_splits"]

@@ -208,8 +208,10 @@ def finish(
     n_val: int,
     scale: float = 1.0,
     standardise: bool = True,
+    regression: bool = False,
 ) -> DataSplits:
-    """Hold out the validation split, convert to tensors and standardise.
+    """Hold out the validation split, convert to tensors and standardise (``regression``:
+    the targets are float values, not class indices).
 
     ``x`` arrays are ``(N, C, H, W)`` images or ``(N, F)`` tables; dimension 1 (channel or
     feature) gets its own mean and standard deviation, computed on the final training split
@@ -226,8 +228,9 @@ def finish(
         std = torch.where(std > 1e-12, std, torch.ones_like(std))
         for tensor in tensors:
             tensor.sub_(mean).div_(std)
-    labels = [torch.from_numpy(np.asarray(y, dtype=np.int64).copy()) for y in (y_tr, y_val, y_test)]
-    for y in labels:
+    kind = np.float32 if regression else np.int64
+    labels = [torch.from_numpy(np.asarray(y, dtype=kind).copy()) for y in (y_tr, y_val, y_test)]
+    for y in labels if not regression else ():
         if len(y) and (int(y.min()) < 0 or int(y.max()) >= num_classes):
             raise DataError(f"{name}: labels outside 0..{num_classes - 1}; the data is corrupt")
     return DataSplits(

@@ -61,6 +61,7 @@ def load_dataset(
     download: bool = True,
     label_column: str | None = None,
     standardise: bool = True,
+    regression: bool = False,
 ) -> DataSplits:
     """Load a data set as train / validation / test tensors.
 
@@ -82,6 +83,8 @@ def load_dataset(
         label_column: ``csv`` only: the column holding the labels.
         standardise: ``False`` keeps the inputs as scaled (images in [0, 1]), as some
             reference implementations train (NPN's MNIST scripts, for one).
+        regression: ``npz`` only: ``y`` holds numbers to predict (float targets, one model
+            output; train with ``loss="mse"``), not class labels.
 
     Images come out float32 ``(N, C, H, W)``, scaled to [0, 1] and (by default) standardised
     per channel with training-split statistics; tabular data is standardised per feature (moons
@@ -98,6 +101,9 @@ def load_dataset(
             "measures (and NPN expand, MetaNet and APoZ decide) on the held-out split")
     if label_column is not None and key != "csv":
         raise DataError(f"label_column is only used by the csv data set, not {key!r}")
+    if regression and key != "npz":
+        raise DataError(f"regression targets are read from an npz file's 'y' (--dataset npz); "
+                        f"{key!r} holds class labels: train it with the cross-entropy loss")
     path = Path(data_dir).expanduser() if data_dir is not None else None
 
     if key == "moons":
@@ -117,7 +123,7 @@ def load_dataset(
     if key == "cifar10":
         return load_cifar10(path, **split)
     if key == "npz":
-        return load_npz(path, **split)
+        return load_npz(path, regression=regression, **split)
     if key == "csv":
         return load_csv(path, label_column=label_column, **split)
     return load_folder(path, **split)

@@ -36,14 +36,17 @@ def _first_bytes(path: Path, count: int) -> bytes:
 
 
 def load_npz(
-    path: Path, *, seed: int, val_fraction: float | None, standardise: bool = True
+    path: Path, *, seed: int, val_fraction: float | None, standardise: bool = True,
+    regression: bool = False,
 ) -> DataSplits:
     """Load arrays ``x``, ``y`` (and optionally ``x_test``, ``y_test``) from an ``.npz`` file.
 
     ``x`` is ``(N, F)`` tabular data (standardised per feature), or images ``(N, H, W)`` /
     ``(N, C, H, W)`` / ``(N, H, W, C)`` (standardised per channel; uint8 is scaled by 1/255
     first). Labels may be any integers or strings; they become ``0 .. C-1`` and the original
-    values, as strings, are the class names. Without test arrays 20 % is held out as test.
+    values, as strings, are the class names. With ``regression`` the labels are numbers to
+    predict, kept as float targets (one model output). Without test arrays 20 % is held out as
+    test.
     """
     if Path(path).is_file() and _first_bytes(path, 2) != b"PK":
         # not a zip: numpy would call unknown bytes "pickled data"
@@ -82,7 +85,19 @@ def load_npz(
             f"{x.shape[1:]}; they must match"
         )
 
-    if "x_test" in arrays:
+    if regression:
+        for key in ("y", "y_test"):
+            if key in arrays and not np.issubdtype(arrays[key].dtype, np.number):
+                raise DataError(f"{path}: '{key}' holds {arrays[key].dtype} values; a "
+                                "regression (--loss mse) needs numbers")
+            if key in arrays:
+                _check_finite(arrays[key], f"{path}: '{key}'")
+        class_names = None
+        if "x_test" in arrays:
+            y_test, x_test = arrays["y_test"], arrays["x_test"]
+        else:
+            x, y, x_test, y_test = split_test(x, y)
+    elif "x_test" in arrays:
         (y, y_test), class_names = encode_labels(y, arrays["y_test"])
         x_test = arrays["x_test"]
     else:
@@ -98,12 +113,13 @@ def load_npz(
         y,
         x_test.astype(np.float32, copy=False),
         y_test,
-        num_classes=len(class_names),
+        num_classes=1 if class_names is None else len(class_names),
         class_names=class_names,
         seed=seed,
         n_val=val_size(len(y), val_fraction),
         scale=scale,
         standardise=standardise,
+        regression=regression,
     )
 
 

@@ -7,20 +7,27 @@
 Both drive a :class:`~neuroplast.sizing.SelfSizing` context, so a method runs the code it runs
 under ``neuroplast train``; this module holds what they share. The framework, not neuroplast,
 computes the loss, so NPN's ARM estimator runs the user's whole loss computation twice (see
-:func:`sized_loss`). Nothing here imports Lightning or transformers: ``import neuroplast`` and
-``import neuroplast.integrations`` never need them.
+:func:`sized_loss`). A run resumes from the framework's own checkpoint: the method's state goes
+into it (:meth:`FrameworkSizing.state`), and a network a resize left narrower or wider than
+the freshly built one takes the checkpoint's widths before its weights load
+(:func:`resize_to_state_dict`). Nothing here imports Lightning or transformers:
+``import neuroplast`` and ``import neuroplast.integrations`` never need them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
+from ..core.groups import find_unit_groups
+from ..core.resize import set_layer_widths
 from ..gates.npn import (
     _antithetic,
     _frozen_batchnorm_statistics,
@@ -144,7 +151,27 @@ class _Logits(nn.Module):
 
 class FrameworkSizing(SelfSizing):
     """``SelfSizing`` whose validation runs a model that returns a dict or a model output
-    (Hugging Face's ``{"loss": ..., "logits": ...}``) as well as one that returns logits."""
+    (Hugging Face's ``{"loss": ..., "logits": ...}``) as well as one that returns logits.
+
+    ``resume``: what :meth:`state` returned when the framework saved its checkpoint; the
+    method's state and the completed epochs are restored before the method's
+    ``on_train_begin`` runs, as :meth:`neuroplast.train.Trainer.restore` does.
+    """
+
+    def __init__(self, method: Method, *args: Any, resume: Mapping[str, Any] | None = None,
+                 **kwargs: Any) -> None:
+        if resume:
+            method.load_state_dict(resume["method"])
+            self.epoch = int(resume["epoch"])  # read by the method's on_train_begin
+        super().__init__(method, *args, **kwargs)
+
+    def state(self, history: list[dict[str, Any]]) -> dict[str, Any]:
+        """What a resume needs, for the framework's checkpoint: the completed epochs, the
+        method's state, the live widths and the epochs' ``history``. From a checkpoint written
+        within an epoch the method begins that epoch again where the framework resumes it
+        (the epoch's training metrics then count only the batches after the resume)."""
+        return {"epoch": self.epoch, "method": self.method.state_dict(),
+                "widths": self.live_widths(), "history": list(history)}
 
     def evaluate(self, inputs: torch.Tensor, targets: torch.Tensor) -> Evaluation:
         model = self.model
@@ -213,9 +240,53 @@ def batch_size(batch: Any) -> int:
     return next((batch_size(item) for item in items if isinstance(item, torch.Tensor)), 1)
 
 
-def planned_epochs(epochs: float | None, framework: str) -> int:
-    """The planned number of epochs, which a method's schedule follows."""
-    if epochs is None or not epochs > 0 or math.isinf(epochs):
+def planned_epochs(epochs: float | None, framework: str, max_steps: int | None = None,
+                   steps_per_epoch: float | None = None) -> int:
+    """The planned number of epochs, which a method's schedule follows: ``epochs``, or the
+    epochs ``max_steps`` optimizer steps take at ``steps_per_epoch``, whichever ends first.
+
+    ``None``, a number <= 0 (Lightning's -1), infinity or ``sys.maxsize`` (Hugging Face's
+    epochs over a data set of unknown length) mean "not set".
+    """
+
+    def known(value: float | None) -> bool:
+        return value is not None and value > 0 and not math.isinf(value) and value < sys.maxsize
+
+    plans = [math.ceil(epochs)] if known(epochs) else []
+    if known(max_steps) and known(steps_per_epoch):
+        plans.append(math.ceil(max_steps / steps_per_epoch))
+    if not plans:
         raise ValueError(f"neuroplast's {framework} integration needs the planned number of "
-                         "epochs (its method's schedule follows it): set max_epochs")
-    return math.ceil(epochs)
+                         "epochs (its method's schedule follows it): set max_epochs, or "
+                         "max_steps with training data of known length")
+    return min(plans)
+
+
+def saved_widths(network: nn.Module, state_dict: Mapping[str, torch.Tensor],
+                 prefix: str = "") -> dict[str, int]:
+    """The widths of ``network``'s resizable layers in a state dict of it (keys under
+    ``prefix``): each layer's units counted along its first coupled tensor, as
+    :func:`~neuroplast.core.groups.layer_widths` counts them on the network."""
+    widths = {}
+    for name, group in find_unit_groups(network).items():
+        first = group.tensors[0]
+        tensor = state_dict.get(prefix + first.key)
+        if isinstance(tensor, torch.Tensor) and tensor.dim() > first.dim:
+            widths[name] = int(tensor.shape[first.dim])
+    return widths
+
+
+def resize_to_state_dict(network: nn.Module) -> RemovableHandle:
+    """Make ``network.load_state_dict`` (or its parent's) first resize the network's layers to
+    the widths of the state dict it loads (a checkpoint of a run that removed or added units),
+    with :func:`~neuroplast.core.resize.set_layer_widths`, as
+    :func:`~neuroplast.core.checkpoint.load_checkpoint` does; the weights then load into
+    tensors of their shapes. Before the optimizer exists only: a resize here carries no
+    optimizer state. Returns the hook's handle (``remove()`` it once the checkpoint loaded).
+    """
+
+    def hook(module: nn.Module, state_dict: Mapping[str, torch.Tensor], prefix: str,
+             *args: Any) -> None:
+        set_layer_widths(module, saved_widths(module, state_dict, prefix))
+
+    return network.register_load_state_dict_pre_hook(hook)

@@ -15,22 +15,38 @@ terms (ARM's two passes for NPN). A callback it installs runs the method's hooks
 ``on_pre_optimizer_step`` (its ``after_backward``), ``on_step_end`` (``on_batch_end``) and
 ``on_epoch_end``, which evaluates ``val`` and lets the method decide and resize. A resize
 replaces parameters inside the optimizer's param groups and carries their state, so the
-Trainer's optimizer and LR scheduler go on as they were.
+Trainer's optimizer and LR scheduler go on as they were. The planned number of epochs, which
+the method's schedule follows, is the Trainer's (``num_train_epochs``, or the epochs
+``max_steps`` takes).
+
+Resuming: ``save_model``, which writes every checkpoint's weights, also writes the sizing
+state next to them (``neuroplast_sizing.json`` and ``neuroplast_sizing.safetensors``: the
+method's state, the completed epochs, the history and the live widths; JSON and safetensors,
+no pickle). ``train(resume_from_checkpoint=...)`` then resizes the fresh network to the
+checkpoint's widths as the Trainer loads its weights (a ``load_state_dict`` pre-hook), before
+it builds the optimizer whose state it restores, and restores the method's state.
 
 Limits: one device (DDP and ``DataParallel`` are refused), gate draws per batch; under NPN the
-loss is computed twice per batch (the second time without gradients); the method's own state
-is not in the Trainer's checkpoints, so a run cannot resume from one.
+loss is computed twice per batch (the second time without gradients). ``load_best_model_at_end``
+cannot load a best checkpoint whose widths differ from the final network's.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
+import safetensors.torch
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import get_last_checkpoint
 
+from ..core.checkpoint import _decode, _encode, write_atomic
 from ..policy import Method
 from . import (
     FrameworkSizing,
@@ -40,11 +56,16 @@ from . import (
     planned_epochs,
     prepare,
     refuse_distributed,
+    resize_to_state_dict,
     sized_loss,
     unwrap_optimizer,
 )
 
 Split = tuple[torch.Tensor, torch.Tensor]
+
+#: The files a checkpoint's sizing state is in, next to the Trainer's own.
+STATE_FILE, TENSORS_FILE = "neuroplast_sizing.json", "neuroplast_sizing.safetensors"
+FORMAT = "neuroplast-sizing"
 
 
 class SelfSizingTrainer(Trainer):
@@ -60,7 +81,9 @@ class SelfSizingTrainer(Trainer):
         seed: the seed of the method's own random choices.
 
     After ``train()``, ``history`` holds one dict per epoch (metrics, widths, events) and
-    ``sizing`` the :class:`~neuroplast.sizing.SelfSizing` context.
+    ``sizing`` the :class:`~neuroplast.sizing.SelfSizing` context. Checkpoints hold the sizing
+    state too, so ``train(resume_from_checkpoint=...)`` resumes a run, its resized network
+    included.
     """
 
     def __init__(self, model: nn.Module | None = None, args: Any = None, *trainer_args: Any,
@@ -85,6 +108,8 @@ class SelfSizingTrainer(Trainer):
             self.model = network
         self.sizing: FrameworkSizing | None = None
         self.history: list[dict[str, Any]] = []
+        self._resume: dict[str, Any] | None = None  # a checkpoint's sizing state
+        self._resize_on_load: RemovableHandle | None = None  # while a checkpoint loads
         self.add_callback(_SizingCallback(self))
 
     @property
@@ -93,6 +118,30 @@ class SelfSizingTrainer(Trainer):
         if not self.model_attribute:
             return self.model
         return self.model.get_submodule(self.model_attribute)
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any,
+              **kwargs: Any) -> Any:
+        """The Trainer's ``train``. From a checkpoint (``True``: the last in ``output_dir``) it
+        also resizes the network to the checkpoint's widths before the weights load, and
+        restores the method's state and ``history`` before training goes on."""
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir) or True
+        if isinstance(resume_from_checkpoint, (str, os.PathLike)):
+            self._resume = load_sizing_state(resume_from_checkpoint)
+            self._resize_on_load = resize_to_state_dict(self.network)
+        try:
+            return super().train(resume_from_checkpoint, *args, **kwargs)
+        finally:
+            self._remove_load_hook()
+            self._resume = None
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """The Trainer's ``save_model`` (which writes every checkpoint's weights), with the
+        sizing state next to the weights once training started."""
+        super().save_model(output_dir, _internal_call)
+        if self.sizing is not None and self.args.should_save:
+            save_sizing_state(output_dir or self.args.output_dir,
+                              self.sizing.state(self.history))
 
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
         """The Trainer's optimizer, the method's parameters in the groups it wants them in."""
@@ -129,11 +178,43 @@ class SelfSizingTrainer(Trainer):
         return (loss, outputs[0]) if return_outputs else loss
 
     def _start_sizing(self, epochs: float) -> None:
+        self._remove_load_hook()  # the checkpoint, if any, is loaded
+        resume, self._resume = self._resume, None
         self.sizing = FrameworkSizing(
             self.method, self.network, unwrap_optimizer(self.optimizer),
             epochs=planned_epochs(epochs, "Hugging Face"), val=self.val, train=self.train_split,
-            seed=self.seed, prepared=True)
-        self.history = []
+            seed=self.seed, prepared=True, resume=resume)
+        self.history = list(resume["history"]) if resume else []
+
+    def _remove_load_hook(self) -> None:
+        if self._resize_on_load is not None:
+            self._resize_on_load.remove()
+            self._resize_on_load = None
+
+
+def save_sizing_state(directory: str | os.PathLike, state: Mapping[str, Any]) -> None:
+    """Write ``state`` (JSON values and tensors) into ``directory``: the tensors in
+    safetensors, the rest as JSON; each file replaced atomically, the JSON last."""
+    directory = Path(directory)
+    tensors: dict[str, torch.Tensor] = {}
+    encoded = _encode(dict(state), tensors, "state")
+    write_atomic(directory / TENSORS_FILE, safetensors.torch.save(tensors))
+    manifest = {"format": FORMAT, "version": 1, "state": encoded}
+    write_atomic(directory / STATE_FILE, json.dumps(manifest, indent=1).encode())
+
+
+def load_sizing_state(directory: str | os.PathLike) -> dict[str, Any]:
+    """The state :func:`save_sizing_state` wrote into a checkpoint folder."""
+    path = Path(directory) / STATE_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{directory} holds no neuroplast sizing state ({STATE_FILE}): resume from a "
+            "checkpoint a SelfSizingTrainer wrote")
+    manifest = json.loads(path.read_text())
+    if manifest.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a neuroplast sizing state")
+    tensors = safetensors.torch.load_file(Path(directory) / TENSORS_FILE)
+    return _decode(manifest["state"], tensors)
 
 
 class _SizingCallback(TrainerCallback):

@@ -11,23 +11,34 @@ network (NPN attaches its gates) before ``configure_optimizers`` runs; the modul
 ``training_step`` is wrapped so its loss carries the method's terms (ARM's two passes for
 NPN); ``on_before_optimizer_step`` is the method's ``after_backward``, ``on_train_batch_end``
 its ``on_batch_end``; ``on_train_epoch_end`` evaluates ``val`` and lets the method decide and
-resize, with the optimizer's state carried along.
+resize, with the optimizer's state carried along. The planned number of epochs, which the
+method's schedule follows, is ``max_epochs``, or the epochs ``max_steps`` optimizer steps take
+(``accumulate_grad_batches`` counted), whichever ends first.
+
+Resuming: the callback's state in Lightning's checkpoints holds the method's state, the
+completed epochs, the history and the live widths, so ``trainer.fit(module, ckpt_path=...)``
+with a freshly built module goes on where the run stopped: the network, prepared in
+``setup``, takes the checkpoint's widths as Lightning loads its weights (a
+``load_state_dict`` pre-hook), before ``configure_optimizers`` builds the optimizer whose
+state Lightning then restores. Lightning does not restore the global random generators, which
+NPN's gate draws and a shuffling loader use.
 
 Limits: one device (DDP is refused, see :func:`~neuroplast.integrations.refuse_distributed`),
 one optimizer, automatic optimization, gate draws per batch. Under NPN the training step runs
-twice per batch (the second time without gradients and with ``self.log`` muted). The method's
-own state is not in Lightning's checkpoints, so a run cannot resume from one.
+twice per batch (the second time without gradients and with ``self.log`` muted).
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from ..policy import Method
 from . import (
@@ -38,6 +49,7 @@ from . import (
     planned_epochs,
     prepare,
     refuse_distributed,
+    resize_to_state_dict,
     sized_loss,
 )
 
@@ -56,7 +68,9 @@ class NeuroplastCallback(Callback):
         **options: the method's options (``k_schedule="1:7"``, ``implementation="physical"``).
 
     After training, ``history`` holds one dict per epoch (metrics, widths, events) and
-    ``sizing`` the :class:`~neuroplast.sizing.SelfSizing` context.
+    ``sizing`` the :class:`~neuroplast.sizing.SelfSizing` context. The callback's
+    :meth:`state_dict` goes into Lightning's checkpoints, so ``trainer.fit(module,
+    ckpt_path=...)`` resumes a run, its resized network included.
     """
 
     def __init__(self, method: str | Method, val: Split, train: Split | None = None,
@@ -69,6 +83,8 @@ class NeuroplastCallback(Callback):
         self._added: set[str] | None = None  # names of the parameters the method added
         self._prepared: nn.Module | None = None  # the network they were added to
         self._wrapped: tuple[LightningModule, Any] | None = None  # module, its own attribute
+        self._resize_on_load: RemovableHandle | None = None  # until the checkpoint loaded
+        self._resume: dict[str, Any] | None = None  # the state load_state_dict was given
 
     def network(self, pl_module: LightningModule) -> nn.Module:
         """The network the method sizes."""
@@ -94,6 +110,9 @@ class NeuroplastCallback(Callback):
             network, self._added = prepare(self.method, self.network(pl_module))
             pl_module.set_submodule(self.model_attribute, network)
             self._prepared = network
+        if self._resize_on_load is None:
+            # Lightning loads a checkpoint's weights after setup, before the optimizer exists.
+            self._resize_on_load = resize_to_state_dict(self.network(pl_module))
         if self._wrapped is None:
             original = pl_module.training_step
             self._wrapped = (pl_module, vars(pl_module).get("training_step"))
@@ -139,11 +158,22 @@ class NeuroplastCallback(Callback):
 
     # ------------------------------------------------------------ training
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._remove_load_hook()
+        resume, self._resume = self._resume, None
         self.sizing = FrameworkSizing(
             self.method, self.network(pl_module), trainer.optimizers[0],
-            epochs=planned_epochs(trainer.max_epochs, "Lightning"), val=self.val,
-            train=self.train, seed=self.seed, prepared=True)
-        self.history = []
+            epochs=_planned_epochs(trainer), val=self.val, train=self.train,
+            seed=self.seed, prepared=True, resume=resume)
+        self.history = list(resume["history"]) if resume else []
+
+    def state_dict(self) -> dict[str, Any]:
+        """The state Lightning checkpoints: the completed epochs, the method's state
+        (``Method.state_dict()``), the live widths and ``history``."""
+        return {} if self.sizing is None else self.sizing.state(self.history)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Keep a checkpoint's state for the training that follows (its ``on_train_start``)."""
+        self._resume = dict(state_dict) or None
 
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule,
                                  optimizer: torch.optim.Optimizer) -> None:
@@ -167,12 +197,29 @@ class NeuroplastCallback(Callback):
             self.sizing.finish()  # NPN's final compaction, if the last epoch did not run it
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._remove_load_hook()
         if self._wrapped is not None:
             module, own = self._wrapped
             del module.training_step  # the class's training_step again ...
             if own is not None:
                 module.training_step = own  # ... or the instance's own
             self._wrapped = None
+
+    def _remove_load_hook(self) -> None:
+        if self._resize_on_load is not None:
+            self._resize_on_load.remove()
+            self._resize_on_load = None
+
+
+def _planned_epochs(trainer: Trainer) -> int:
+    """The epochs the method plans for: ``max_epochs``, or the epochs ``max_steps`` optimizer
+    steps take (a step every ``accumulate_grad_batches`` batches and at an epoch's end),
+    whichever ends first."""
+    batches = trainer.num_training_batches
+    per_epoch = (math.ceil(batches / trainer.accumulate_grad_batches)
+                 if 0 < batches < math.inf else None)
+    return planned_epochs(trainer.max_epochs, "Lightning", max_steps=trainer.max_steps,
+                          steps_per_epoch=per_epoch)
 
 
 @contextlib.contextmanager

@@ -772,7 +772,8 @@ class MetaNet(Method):
         elif self.proliferation == "splitting":
             inputs, targets = self._sample(trainer, generator)
             group, parents = steepest_split(model, layer, n, inputs=inputs, targets=targets,
-                                            step=self.split_step, optimizer=optimizer)
+                                            step=self.split_step, optimizer=optimizer,
+                                            loss_fn=trainer.objective)
             if parents.numel() == 0:
                 trainer.log_event(f"proliferation (splitting): no unit of {layer} has a split "
                                   "that lowers the loss")
@@ -785,7 +786,7 @@ class MetaNet(Method):
             inputs, targets = self._sample(trainer, generator)
             group = gradient_birth(model, layer, n, inputs=inputs, targets=targets,
                                    eps=self.gradient_eps, optimizer=optimizer,
-                                   generator=generator)
+                                   generator=generator, loss_fn=trainer.objective)
         if self.warm_moments and self.proliferation in ("random", "gradient"):
             warm_second_moments(model, layer, width, optimizer)
         self._add_newborns(layer, n)
@@ -805,10 +806,7 @@ class MetaNet(Method):
         self, trainer: Context, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``gradient_samples`` training examples, drawn from the cycle's generator."""
-        data = trainer.data
-        count = min(self.gradient_samples, len(data.y_train))
-        index = torch.randperm(len(data.y_train), generator=generator)[:count]
-        return data.x_train[index], data.y_train[index]
+        return trainer.training_examples(self.gradient_samples, generator)
 
     # ------------------------------------------------------------------ reporting and state
     def metrics(self, trainer: Context) -> dict[str, float]:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+from torch.nn.functional import cross_entropy
 
 from ..core.groups import find_unit_groups
 from ..core.resize import expand_unit_indices, grow_units, prune_units
@@ -326,14 +327,15 @@ class NPN(Method):
     def training_loss(
         self, trainer: Context, inputs: torch.Tensor, targets: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cross-entropy of the main pass + penalty, with ARM's and the L0 term's gradients for
+        """The data loss of the main pass + penalty, with ARM's and the L0 term's gradients for
         ``phi`` as zero-valued autograd terms (:func:`~neuroplast.gates.npn.gradient_term`)."""
         if not self._layers:
             raise RuntimeError("NPN.prepare_model must run before training")
         gates = [layer.gate for layer in self._layers]
         # A hand-written loop without data parallelism may pass any object with a ``model``.
         loss, logits = arm_loss(getattr(trainer, "train_model", trainer.model), gates, inputs,
-                                targets, draw_rows=getattr(trainer, "batch_rows", None))
+                                targets, loss_fn=getattr(trainer, "objective", cross_entropy),
+                                draw_rows=getattr(trainer, "batch_rows", None))
         return loss + self._penalty_with_l0_gradient(), logits
 
     def _penalty_with_l0_gradient(self) -> torch.Tensor:
@@ -418,17 +420,20 @@ class NPN(Method):
         it loses it: the gates head for the smallest network within noise of the best.
 
         Noise is one standard error of the best accuracy on this validation set, and never
-        less than half a point (the tolerance of the task panel's sufficient width).
+        less than half a point (the tolerance of the task panel's sufficient width); for a
+        regression the score is minus the validation loss and its noise the loss's standard
+        error.
         """
-        accuracy = trainer.last_metrics.get("val_accuracy")
+        accuracy, noise = trainer.validation_score()
         examples = len(trainer.data.y_val)
-        if accuracy is None or not examples:
+        if not math.isfinite(accuracy) or not examples:
             return
         best = accuracy if self._best_accuracy is None else max(self._best_accuracy, accuracy)
         self._best_accuracy = best
         if not plastic:
             return
-        tolerance = max(0.005, math.sqrt(best * (1 - best) / examples))
+        tolerance = (max(0.005, math.sqrt(best * (1 - best) / examples))
+                     if trainer.objective.classifies else noise)
         if accuracy >= best - tolerance:
             self._price_scale *= PRICE_UP
         elif accuracy < best - 2 * tolerance:  # between the two: hold the price

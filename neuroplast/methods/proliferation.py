@@ -32,6 +32,8 @@ dead. :func:`warm_second_moments` gives them their layer's mean second moment in
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -40,6 +42,9 @@ from ..core.groups import UnitGroup
 from ..core.optim import OptimizerArg, as_optimizer_list
 from ..core.resize import grow_units, split_units
 from .expression import PASS_THROUGH, dense_group
+
+#: ``loss(outputs, targets)`` -> the mean loss (cross-entropy, or a run's objective).
+LossFunction = Callable[..., torch.Tensor]
 
 
 def warm_second_moments(
@@ -130,20 +135,23 @@ def divide(
 
 
 def gradient_matrix(
-    model: nn.Module, layer: str, inputs: torch.Tensor, targets: torch.Tensor
+    model: nn.Module, layer: str, inputs: torch.Tensor, targets: torch.Tensor,
+    loss_fn: LossFunction = F.cross_entropy,
 ) -> torch.Tensor:
-    """``G = sum_n delta_n x_n^T`` for the mean cross-entropy on ``(inputs, targets)``.
+    """``G = sum_n delta_n x_n^T`` for the mean loss (``loss_fn``, cross-entropy by default)
+    on ``(inputs, targets)``.
 
     ``x_n`` is the layer's input and ``delta_n`` the gradient at its consumer's output. A new
     unit with fan-out column ``w`` and (linearised) zero fan-in gets the fan-in gradient
     ``w^T G``. The model runs in eval mode (no dropout noise, no BatchNorm statistics update)
     and no parameter's ``.grad`` is touched.
     """
-    return _gradient_and_input(model, layer, inputs, targets)[0]
+    return _gradient_and_input(model, layer, inputs, targets, loss_fn)[0]
 
 
 def _gradient_and_input(
-    model: nn.Module, layer: str, inputs: torch.Tensor, targets: torch.Tensor
+    model: nn.Module, layer: str, inputs: torch.Tensor, targets: torch.Tensor,
+    loss_fn: LossFunction = F.cross_entropy,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     group = dense_group(model, layer)
     captured: dict[str, torch.Tensor] = {}
@@ -161,7 +169,7 @@ def _gradient_and_input(
     try:
         device = group.producer.weight.device  # the data may sit on the CPU
         with torch.enable_grad():
-            loss = F.cross_entropy(model(inputs.to(device)), targets.to(device))
+            loss = loss_fn(model(inputs.to(device)), targets.to(device))
             (delta,) = torch.autograd.grad(loss, captured["y"])
     finally:
         model.train(was_training)
@@ -209,6 +217,7 @@ def gradient_birth(
     scale: float | None = None,
     optimizer: OptimizerArg = None,
     generator: torch.Generator | None = None,
+    loss_fn: LossFunction = F.cross_entropy,
 ) -> UnitGroup:
     """Append ``n`` units with zero fan-in and gradient-maximising fan-out (GradMax-like).
 
@@ -231,7 +240,7 @@ def gradient_birth(
     weight = group.consumer.weight.detach()
     if scale is None:
         scale = float(weight.norm(dim=0).mean())
-    g, x = _gradient_and_input(model, layer, inputs, targets)
+    g, x = _gradient_and_input(model, layer, inputs, targets, loss_fn)
     fan_out = gradient_fan_out(g, n, scale, generator).to(weight.dtype)
     producer = group.producer.weight
     if relative_eps:
@@ -263,6 +272,7 @@ def splitting_eigen(
     targets: torch.Tensor,
     *,
     rank: int = 128,
+    loss_fn: LossFunction = F.cross_entropy,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Each unit's most negative splitting eigenvalue and its direction (Liu et al., 2019).
 
@@ -302,7 +312,7 @@ def splitting_eigen(
     try:
         device = group.producer.weight.device
         with torch.enable_grad():
-            loss = F.cross_entropy(model(inputs.to(device)), targets.to(device))
+            loss = loss_fn(model(inputs.to(device)), targets.to(device))
             (sensitivity,) = torch.autograd.grad(loss, captured["h"])
             curvature = _second_derivative(activation, captured["z"])
     finally:
@@ -354,6 +364,7 @@ def steepest_split(
     step: float = 0.05,
     rank: int = 128,
     optimizer: OptimizerArg = None,
+    loss_fn: LossFunction = F.cross_entropy,
 ) -> tuple[UnitGroup, torch.Tensor]:
     """Splitting steepest descent: split the ``n`` units with the most negative splitting
     eigenvalue (see :func:`splitting_eigen`) into two copies with half the fan-out each.
@@ -372,7 +383,8 @@ def steepest_split(
         raise ValueError(f"splitting layer '{layer}' needs 1..{group.width} units, got {n}")
     if not step > 0:
         raise ValueError(f"the split step must be a positive number, got {step}")
-    values, directions = splitting_eigen(model, layer, inputs, targets, rank=rank)
+    values, directions = splitting_eigen(model, layer, inputs, targets, rank=rank,
+                                         loss_fn=loss_fn)
     order = torch.argsort(values, stable=True)
     # Eigenvalues within rounding of zero promise nothing (and could differ between ranks).
     tolerance = 1e-9 * float(values.abs().max()) if values.numel() else 0.0

@@ -106,6 +106,7 @@ class WidthLadder:
                  examples: int = 0) -> None:
         self.start, self.min_width, self.max_width = start, min_width, max_width
         self.examples = examples  # validation examples: the noise of an accuracy
+        self.noise: float | None = None  # a score's noise when it is not an accuracy
         self.rungs: list[tuple[int, float]] = []  # (width, accuracy) in the order trained
         self.direction = "up"
 
@@ -114,8 +115,10 @@ class WidthLadder:
         """Each width's accuracy at its latest rung (the measurement the search acts on)."""
         return dict(self.rungs)
 
-    def tolerance(self) -> float:
-        return tolerance(max(self.accuracies().values()), self.examples)
+    def tolerance(self, best: float | None = None) -> float:
+        """How far below ``best`` (by default the best rung's) a rung is within noise."""
+        best = max(self.accuracies().values()) if best is None else best
+        return self.noise if self.noise is not None else tolerance(best, self.examples)
 
     def good(self) -> list[int]:
         """The widths whose accuracy is within the noise of the best, smallest first."""
@@ -139,7 +142,7 @@ class WidthLadder:
         width, accuracy = self.rungs[-1]
         if self.direction == "up":
             earlier = [a for _, a in self.rungs[:-1]]
-            if not earlier or accuracy > max(earlier) + tolerance(max(earlier), self.examples):
+            if not earlier or accuracy > max(earlier) + self.tolerance(max(earlier)):
                 if 2 * width <= self.max_width:
                     return 2 * width  # the start, or doubling helped: double (again)
             self.direction = "down"
@@ -173,13 +176,14 @@ class WidthLadder:
     def state_dict(self) -> dict[str, Any]:
         return {"start": self.start, "min_width": self.min_width, "max_width": self.max_width,
                 "examples": self.examples, "direction": self.direction,
-                "rungs": [list(rung) for rung in self.rungs]}
+                "rungs": [list(rung) for rung in self.rungs], "noise": self.noise}
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> WidthLadder:
         ladder = cls(state["start"], state["min_width"], state["max_width"], state["examples"])
         ladder.rungs = [(int(w), float(a)) for w, a in state["rungs"]]
         ladder.direction = state["direction"]
+        ladder.noise = state.get("noise")
         return ladder
 
 
@@ -220,8 +224,10 @@ class WidthSearch:
         ladder = self.ladder
         assert ladder is not None
         metrics = trainer.last_metrics
-        accuracy = float(metrics.get("val_accuracy", math.nan))
-        if not math.isfinite(accuracy):  # no validation split: the training accuracy stands in
+        accuracy, noise = trainer.validation_score()
+        if not trainer.objective.classifies:  # a regression: minus the loss, within its noise
+            ladder.noise = noise
+        elif not math.isfinite(accuracy):  # no validation split: the training accuracy stands in
             accuracy = float(metrics.get("train_accuracy", 0.0))
         self.rung.append(accuracy)
         end = self.search_end(trainer.config.epochs)
@@ -244,14 +250,19 @@ class WidthSearch:
         following = ladder.next_width()
         if following is not None and epoch + 2 > end:
             following = None  # no room for another rung (each takes two epochs or more)
-        text = f"search: rung {len(ladder.rungs)} at {width}: val accuracy {value:.2%}"
+        def said(score: float) -> str:  # an accuracy, or (regression) minus the loss
+            return f"{score:.2%}" if ladder.noise is None else f"{-score:.4g}"
+
+        measure = "val accuracy" if ladder.noise is None else "val loss"
+        text = f"search: rung {len(ladder.rungs)} at {width}: {measure} {said(value)}"
         if following is None:
             self.searching = False
             # (A width without a copy can be good again when the best was measured again.)
             following = min((w for w in good if w == width or w in self.copies), default=width)
+            spread = said(ladder.tolerance() * (1 if ladder.noise is None else -1))
             trainer.log_event(f"{text}; chose {following}, the smallest width within "
-                              f"{ladder.tolerance():.2%} of the best "
-                              f"({max(ladder.accuracies().values()):.2%}); training it to the "
+                              f"{spread} of the best "
+                              f"({said(max(ladder.accuracies().values()))}); training it to the "
                               "end of the budget")
             if following != width:
                 self._restore(trainer, following)
@@ -272,7 +283,7 @@ class WidthSearch:
             return False
         for k in range(1, patience + 1):
             best = max(self.rung[:-k])
-            if self.rung[-k] > best + tolerance(best, self.ladder.examples):
+            if self.rung[-k] > best + self.ladder.tolerance(best):
                 return False
         return True
 
@@ -287,18 +298,15 @@ class WidthSearch:
 
     def _resize(self, trainer: Context, width: int, epoch: int) -> None:
         generator = torch.Generator().manual_seed(trainer.config.seed * 1_000_003 + epoch)
-        data = trainer.data
         for layer, target in self._targets(width).items():
             current = self.units.width(layer)
             if target > current:
                 self.units.grow(layer, target - current, trainer.optimizer, generator)
                 trainer.log_event(f"search: {layer} +{target - current} to {target}")
             elif target < current:
-                count = min(len(data.y_train), max(COMPRESSION_SAMPLES, 2 * target))
-                index = torch.randperm(len(data.y_train), generator=generator)[:count]
-                how = self.units.shrink(layer, target,
-                                        data.x_train[index.to(data.y_train.device)],
-                                        trainer.optimizer)
+                inputs, _ = trainer.training_examples(max(COMPRESSION_SAMPLES, 2 * target),
+                                                      generator)
+                how = self.units.shrink(layer, target, inputs, trainer.optimizer)
                 trainer.log_event(f"search: {layer} {how} from {current} to {target}")
 
     def _restore(self, trainer: Context, width: int) -> None:

@@ -163,12 +163,21 @@ def _headline_section(summary: dict, records: Sequence[dict]) -> str:
         ("Epochs", epochs_text),
         ("Stopped early", str(stopped) if stopped else "no"),
     ]
+    if records and not any(_finite(r.get("val_accuracy")) for r in records):
+        # A regression has no accuracy: its validation loss stands where the accuracies stood.
+        rows = [row for row in rows if "accuracy" not in row[0]]
+        rows.insert(1, ("Final validation loss", fmt_loss(_last(records, "val_loss"))))
     lines = ["## Summary", ""]
     if not records:
         lines += ["**No completed epoch** was logged in `metrics.jsonl`.", ""]
     lines += ["| Quantity | Value |", "|---|---|"]
     lines += [f"| {name} | {md_cell(value)} |" for name, value in rows]
     return "\n".join(lines)
+
+
+def _finite(value: Any) -> bool:
+    number = as_float(value)
+    return number is not None and math.isfinite(number)
 
 
 def _best_val(records: Sequence[dict]) -> str:

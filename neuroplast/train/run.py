@@ -10,6 +10,7 @@ Everything the command line does is a call here, so a Python user gets the same 
 from __future__ import annotations
 
 import json
+import math
 import random
 import shutil
 import sys
@@ -28,6 +29,7 @@ from ..data import DataSplits, load_dataset
 from ..distributed import DistributedContext
 from ..methods import build_method
 from ..models import ACTIVATION_MODELS, build_model
+from ..objective import objective
 from .callbacks import Callback
 from .loop import TrainConfig, Trainer
 
@@ -132,7 +134,8 @@ def _discard_unstarted_run(run_dir: Path, created: bool) -> None:
 def _load_data(config: RunConfig) -> DataSplits:
     return load_dataset(config.dataset, config.data_dir, seed=config.train.seed,
                         val_fraction=config.val_fraction, standardise=config.standardise,
-                        label_column=config.label_column)
+                        label_column=config.label_column,
+                        regression=not objective(config.train.loss).classifies)
 
 
 def _build(
@@ -297,6 +300,11 @@ def resume_run(
     return finish_run(config, trainer)
 
 
+def _finite(value: float | None) -> float | None:
+    """A metric for summary.json: None where there is none (a regression's accuracy)."""
+    return value if value is not None and math.isfinite(value) else None
+
+
 def finish_run(config: RunConfig, trainer: Trainer) -> dict[str, Any]:
     """Write summary.json, the decision-boundary plot (2-D data) and the report (rank 0)."""
     run_dir = config.run_dir()
@@ -308,9 +316,9 @@ def finish_run(config: RunConfig, trainer: Trainer) -> dict[str, Any]:
         "seed": config.train.seed,
         "epochs": trainer.epoch,
         "planned_epochs": config.train.epochs,
-        "test_accuracy": last.get("test_accuracy"),
-        "test_loss": last.get("test_loss"),
-        "val_accuracy": last.get("val_accuracy"),
+        "test_accuracy": _finite(last.get("test_accuracy")),
+        "test_loss": _finite(last.get("test_loss")),
+        "val_accuracy": _finite(last.get("val_accuracy")),
         "layer_names": list(trainer.initial_widths),
         "layer_counts": list(trainer.method.width_meanings(trainer.model).values()),
         "initial_widths": list(trainer.initial_widths.values()),
