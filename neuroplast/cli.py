@@ -174,20 +174,38 @@ def _add_train_arguments(parser: argparse.ArgumentParser, shown_method: str | No
         help="no progress bar or per-epoch lines")
     for method in METHODS:
         # Every method's flags parse (a flag of another method gets a clear error later), but
-        # --help lists only the chosen method's: all of them would be hundreds of lines.
+        # --help lists only the chosen method's: all of them would be hundreds of lines; and of
+        # those, the top-level ones first, then each strategy's own, never internal constants.
         shown = method == shown_method
-        group = parser.add_argument_group(f"options of --method {method}") if shown else parser
+        groups = _option_groups(parser, method) if shown else {}
         for option in method_fields(method):
             converter = _option_type(option.type)
             default = option.default if option.default is not MISSING else None
-            helptext = (option.metadata.get("help", "") + _default_text(default) if shown
-                        else argparse.SUPPRESS)
+            group = groups.get(option.name, parser)
+            helptext = (option.metadata.get("help", "") + _default_text(default)
+                        if option.name in groups else argparse.SUPPRESS)
             flag, dest = _method_flag(method, option.name), f"{method}.{option.name}"
             if converter is None:
                 group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction,
                                    default=s, help=helptext)
             else:
                 group.add_argument(flag, dest=dest, type=converter, default=s, help=helptext)
+
+
+def _option_groups(parser: argparse.ArgumentParser, method: str) -> dict[str, Any]:
+    """The ``--help`` group of each of ``method``'s listed options (internal ones have none)."""
+    kind = METHODS[method]
+    internal = set(kind.internal_options)
+    owned = {name: title for title, names in kind.option_groups.items() for name in names}
+    hidden = f"; {len(internal)} internal constants are set in a recipe or from Python" \
+        if internal else ""
+    top = parser.add_argument_group(f"options of --method {method}",
+                                    f"what most runs set{hidden} (docs/{method}.md lists them)"
+                                    if hidden else None)
+    sections = {title: parser.add_argument_group(f"{method}, {title}")
+                for title in kind.option_groups}
+    return {option.name: sections[owned[option.name]] if option.name in owned else top
+            for option in method_fields(method) if option.name not in internal}
 
 
 def _default_text(default: Any) -> str:

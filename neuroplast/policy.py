@@ -254,6 +254,12 @@ class Method(Callback):
     #: Training settings (TrainConfig fields) the method needs to finish its own schedule; the
     #: command line uses them for a run without a recipe, under any option typed.
     train_defaults: ClassVar[dict[str, Any]] = {}
+    #: ``--help`` lists a method's options in groups: these titles name the options a strategy
+    #: or mode owns (``{"expand mode (--npn-mode expand)": ("init_sizes", ...)}``); options in
+    #: no group are the method's top-level ones (a handful, what most runs touch).
+    option_groups: ClassVar[dict[str, tuple[str, ...]]] = {}
+    #: Internal constants: set in a recipe or from Python, never listed by ``--help``.
+    internal_options: ClassVar[tuple[str, ...]] = ()
     #: Options whose default has changed, with the value they had for runs whose config.json
     #: predates neuroplast recording every option (so an old run still rebuilds its model).
     legacy_defaults: ClassVar[dict[str, Any]] = {}

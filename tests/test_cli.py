@@ -207,8 +207,19 @@ def test_train_help_is_short_and_a_method_help_lists_that_method(capsys):
         with pytest.raises(SystemExit):
             cli.main(["train", "--method", method, "--help"])
         text = capsys.readouterr().out
-        flags = {f"--{method}-{f.name.replace('_', '-')}" for f in method_fields(method)}
-        assert all(flag in text for flag in flags), method  # every option of this method
+        kind = METHODS[method]
+        flag = {f.name: f"--{method}-{f.name.replace('_', '-')}" for f in method_fields(method)}
+        top = [name for name in flag if name not in kind.internal_options and not any(
+            name in names for names in kind.option_groups.values())]
+        assert 4 <= len(top) <= 8, (method, top)  # a handful of top-level options
+        # every option but the internal constants, each group under its own heading
+        for name, option in flag.items():
+            assert (option + " " in text) != (name in kind.internal_options), option
+        for title in kind.option_groups:
+            assert f"{method}, {title}:" in text
+        # the internal constants are documented, and still parse
+        page = (Path(__file__).parent.parent / "docs" / f"{method}.md").read_text()
+        assert all(name in page or flag[name] in page for name in kind.internal_options)
         others = [m for m in METHODS if m != method]
         assert not any(f"--{other}-" in text for other in others)
     assert len(general.splitlines()) < 150

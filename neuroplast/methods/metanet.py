@@ -122,6 +122,16 @@ class MetaNet(Method):
     train_defaults = {"epochs": 30, "lr": 0.01, "scheduler": "cosine"}
     # Runs whose config.json holds only the options typed predate the search: the metabolism.
     legacy_defaults = {"strategy": "metabolism"}
+    # The search (the default) reads the five top-level options; the metabolism owns the rest.
+    option_groups = {"metabolism strategy (--metanet-strategy metabolism)": (
+        "proliferation", "autophagy", "cycle_epochs", "trigger", "payoff", "growth_fraction",
+        "thinning", "finetune_epochs", "stop_when_stable")}
+    internal_options = (
+        "plateau_threshold", "payoff_threshold", "significance", "schedule_cycles", "growth_min",
+        "division_noise", "birth_fanout_std", "gradient_eps", "gradient_samples", "split_step",
+        "autophagy_threshold", "dead_fraction", "autophagy_patience", "recovery",
+        "protect_cycles", "max_removal", "fold_bias", "warm_moments", "thinning_cost",
+        "thinning_significance", "brake_cycles", "stable_cycles")
 
     strategy: str = option(
         "search", "search (double the width while validation improves beyond its noise, "

@@ -88,6 +88,10 @@ class NPN(Method):
     # Three stages need room: 12 epochs of plain training, 30 plastic, 18 of fine-tuning.
     train_defaults = {"epochs": 60}
     legacy_defaults = {"input_gates": True, "gate_lr": None, "growth": 0.0, "adaptive": False}
+    option_groups = {"expand mode (--npn-mode expand)": (
+        "init_sizes", "growth", "wake_logit", "hibernate_logit")}
+    internal_options = ("l2", "init_logit", "init_k", "phi_std", "per_example", "gate_lr",
+                        "gate_optimizer", "prune_below")
 
     mode: str = field(default="prune", metadata={
         "help": "prune: all units start active; expand: a few start active, the rest hibernate"})
