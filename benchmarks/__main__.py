@@ -87,8 +87,9 @@ def _tasks(suite: str) -> list[Task]:
         gate_lr = ["--npn-gate-lr", "1e-2" if suite == "full" else run_lr]
         task.methods = {
             "fixed": ["--method", "fixed"],
+            # the lambdas as given (the suite's rows predate the adaptive price)
             "npn": ["--method", "npn", "--npn-input-gates", "--npn-lambdas", lam, "--npn-k", "7",
-                    "--npn-stages", "0.2,0.7", *gate_lr],
+                    "--npn-stages", "0.2,0.7", "--no-npn-adaptive", *gate_lr],
             "l0hc": ["--method", "l0hc", "--l0hc-lambdas", lam,
                      *(["--l0hc-gate-lr", "1e-2"] if suite == "full" else [])],
             "magnitude": ["--method", "magnitude", "--magnitude-keep", "0.3"],

@@ -60,3 +60,18 @@ def test_the_frontier_holds_exactly_the_points_nothing_beats_on_both():
         line = suite.frontier(points)
         assert {p[2] for p in line} == undominated and len(line) == len(undominated)
         assert [p[0] for p in line] == sorted(p[0] for p in line)
+
+
+def test_the_committed_quick_suite_rows_reproduce(tmp_path, monkeypatch):
+    # The suite's commands as they stand now, run again: the same final accuracy, widths and
+    # width curve as the JSONs committed when the suite last ran (digits, seed 0; a few
+    # seconds each). A change of defaults that the suite's commands do not pin fails here.
+    monkeypatch.setattr(suite, "RUNS", tmp_path)
+    digits = next(task for task in suite._tasks("quick") if task.name == "digits")
+    for method in ("npn", "metanet", "magnitude"):
+        committed = json.loads((Path(ROOT) / "benchmarks" / "results" / "quick" /
+                                f"digits--{method}--s0.json").read_text())
+        record = suite.run_one("quick", digits, method, 0, threads=1)
+        assert record["test_accuracy"] == committed["test_accuracy"], method
+        assert record["final_widths"] == committed["final_widths"], method
+        assert record["width_curve"] == committed["width_curve"], method
