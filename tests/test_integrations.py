@@ -433,6 +433,31 @@ def test_huggingface_resumes_a_resized_network_from_its_checkpoint(hf, digits, t
     assert resumed._resize_on_load is None
 
 
+def test_huggingface_resumes_from_a_step_checkpoint_written_before_the_epoch_end(
+        hf, digits, tmp_path):
+    # save_steps = the steps of an epoch: each checkpoint is written on an epoch's last step,
+    # before that epoch's end (validation, decisions) runs; the resumed run owes it.
+    def make(folder):
+        trainer = hf_trainer(hf, digits, folder, epochs=4, save_strategy="steps",
+                             **RESUME_OPTIONS)
+        trainer.args.save_steps = 18  # 1,150 examples in batches of 64
+        return trainer
+
+    whole = make(tmp_path / "whole")
+    whole.train()
+    after_two = tmp_path / "whole" / "checkpoint-36"
+    assert json.loads((after_two / "neuroplast_sizing.json").read_text())["state"]["epoch"] == 1
+    resumed = make(tmp_path / "resumed")
+    resumed.train(resume_from_checkpoint=str(after_two))
+    assert [r["epoch"] for r in resumed.history] == [1, 2, 3, 4]
+    assert [r["widths"] for r in resumed.history] == [r["widths"] for r in whole.history]
+    validation = ("val_loss", "val_accuracy")
+    assert [r[key] for r in resumed.history for key in validation] == pytest.approx(
+        [r[key] for r in whole.history for key in validation])
+    assert_same_state(resumed.method.state_dict(), whole.method.state_dict())
+    assert_same_state(resumed.model.state_dict(), whole.model.state_dict())
+
+
 def test_huggingface_plans_epochs_from_max_steps(hf, digits, tmp_path):
     trainer = hf_trainer(hf, digits, tmp_path, lambdas=(0.003,))
     trainer.args.max_steps = 20  # 18 steps a epoch: 2 epochs, whatever num_train_epochs says

@@ -1,6 +1,7 @@
 """The loop beyond in-memory classification: regression losses and streamed training data."""
 
 import copy
+import signal
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from neuroplast.data.stream import streamed_splits
 from neuroplast.methods import FixedWidth, build_method
 from neuroplast.models import build_model
 from neuroplast.objective import MeanSquaredError
-from neuroplast.train import Trainer
+from neuroplast.train import Callback, Trainer
 from neuroplast.train.callbacks import CollapseGuard
 from neuroplast.train.loop import TrainConfig
 
@@ -192,3 +193,43 @@ def test_a_stream_must_yield_pairs():
     with pytest.raises(TypeError, match=r"\(inputs, targets\) pair"):
         trainer.fit()
 
+
+
+class _SignalAt(Callback):
+    """What the Interruption callback's handler does when a signal lands after batch 2."""
+
+    def on_batch_end(self, trainer, loss):
+        if trainer.step == 2 and trainer.epoch == 0:
+            trainer.interrupt_signal = signal.SIGINT
+
+
+def test_a_trainer_interrupted_once_trains_on_when_fit_again(tmp_path):
+    trainer = _stream_run(tmp_path / "run", [_SignalAt()])
+    trainer.fit()
+    assert trainer.stopped_early == "interrupted" and trainer.step == 2
+    trainer.stopped_early = None
+    trainer.fit()  # continues from the saved position, to the end
+    assert trainer.stopped_early is None and trainer.epoch == 3
+
+
+def test_a_stream_that_cannot_start_a_new_pass_is_refused_with_the_reason():
+    x, y = _classes(40)
+    with pytest.raises(TypeError, match="iterator"):
+        streamed_splits(iter([(x, y)]), val=(x, y))
+    data = streamed_splits([], val=(x, y))
+    trainer = Trainer(_mlp(data, 4), data, FixedWidth(), TrainConfig(epochs=1, progress=False))
+    with pytest.raises(ValueError, match="no batch in epoch 1"):
+        trainer.fit()
+
+
+def test_numpy_batches_and_a_map_style_regression_split_keep_their_meaning():
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 3, generator=generator, dtype=torch.float64)
+    y = x.sum(1)  # float targets: a regression
+    val = TensorDataset(x[:16].float(), y[:16].float())  # map-style, read item by item
+    data = streamed_splits([(x[16:].numpy(), y[16:].numpy())], val=val)
+    assert data.y_val.is_floating_point() and torch.allclose(data.y_val, y[:16].float())
+    assert data.num_classes == 1
+    config = TrainConfig(epochs=2, loss="mse", lr=1e-2, progress=False)
+    history = Trainer(_mlp(data, 8), data, FixedWidth(), config).fit()
+    assert history[-1]["val_loss"] < float(y[:16].var())

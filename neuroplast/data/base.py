@@ -81,7 +81,12 @@ class DataSplits:
         """
         messages = []
         for split, targets in (("validation", self.y_val), ("test", self.y_test)):
-            if 0 < len(targets) < least:
+            if 0 < len(targets) < least and targets.is_floating_point():  # a regression's
+                messages.append(
+                    f"the {split} split holds only {len(targets)} examples: a loss measured "
+                    "on it is noisy; more data (or, for validation, a larger --val-fraction) "
+                    "makes it a measurement")
+            elif 0 < len(targets) < least:
                 messages.append(
                     f"the {split} split holds only {len(targets)} examples: an accuracy on it "
                     f"moves in steps of {100 / len(targets):.2g} points; more data (or, for "

@@ -97,17 +97,21 @@ class LazyInputs:
 
 
 def labels_of(dataset: Any) -> torch.Tensor:
-    """A dataset's labels as an int64 tensor: its ``targets`` attribute (torchvision's
-    datasets; a ``Subset``'s picked from its dataset's) when it has one, else read from
-    ``dataset[i][1]`` once (every item, transforms included)."""
+    """A dataset's labels as an int64 tensor (a regression's float targets stay float): its
+    ``targets`` attribute (torchvision's datasets; a ``Subset``'s picked from its dataset's)
+    when it has one, else read from ``dataset[i][1]`` once (every item, transforms
+    included)."""
     targets = getattr(dataset, "targets", None)
     inner = getattr(dataset, "dataset", None)
     if targets is None and getattr(inner, "targets", None) is not None and hasattr(
             dataset, "indices"):
         targets = torch.as_tensor(inner.targets)[torch.as_tensor(list(dataset.indices))]
     if targets is None:
-        targets = [int(dataset[i][1]) for i in range(len(dataset))]
-    return torch.as_tensor(targets, dtype=torch.long).reshape(-1)
+        targets = torch.stack([torch.as_tensor(dataset[i][1]) for i in range(len(dataset))])
+    targets = torch.as_tensor(targets)
+    if targets.is_floating_point():  # regression targets, one value or a row per example
+        return targets.to(torch.get_default_dtype())
+    return targets.to(torch.long).reshape(-1)
 
 
 def dataset_splits(train: Any, val: Any, test: Any = None, *, num_classes: int | None = None,
@@ -126,8 +130,12 @@ def dataset_splits(train: Any, val: Any, test: Any = None, *, num_classes: int |
         if len(dataset) == 0 and split != "test":
             raise ValueError(f"the {split} dataset is empty")
         inputs[split], labels[split] = LazyInputs(dataset), labels_of(dataset)
-    classes = num_classes if num_classes is not None else int(
-        max(int(t.max()) for t in labels.values() if len(t))) + 1
+    if num_classes is not None:
+        classes = num_classes
+    elif labels["train"].is_floating_point():  # a regression: one output per target value
+        classes = 1 if labels["train"].dim() == 1 else labels["train"].shape[1]
+    else:
+        classes = int(max(int(t.max()) for t in labels.values() if len(t))) + 1
     return DataSplits(name=name, x_train=inputs["train"], y_train=labels["train"],
                       x_val=inputs["val"], y_val=labels["val"], x_test=inputs["test"],
                       y_test=labels["test"], num_classes=classes,

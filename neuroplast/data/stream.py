@@ -13,8 +13,11 @@ the epoch (a ``DataLoader``'s shuffling, its workers' seeds and its own ``genera
 from a stream of its own, so the run's gate draws and dropout are not shifted by it. A run
 interrupted mid-epoch resumes by drawing and discarding the batches already trained on: exact
 when the stream's batches depend only on those seeds (a ``DataLoader`` over a map-style dataset,
-shuffled or not, with or without workers). A stream that draws from Python's ``random`` or
-NumPy resumes after the same number of batches, but not necessarily with the same ones.
+shuffled or not, with or without workers, but not ``persistent_workers``, whose workers keep
+their random state across epochs). A stream that draws from Python's ``random`` or NumPy
+resumes after the same number of batches, but not necessarily with the same ones. The stream
+must start a new pass each time it is iterated (a ``DataLoader`` or a list does; a generator
+does not, and is refused).
 
 Example::
 
@@ -43,6 +46,10 @@ class BatchStream:
     streamed = True
 
     def __init__(self, batches: Iterable[Any], input_shape: tuple[int, ...]) -> None:
+        if iter(batches) is batches:  # a generator or an iterator: one pass, then nothing
+            raise TypeError("the training stream is an iterator, which yields its batches "
+                            "once: pass something iterated afresh every epoch (a DataLoader, "
+                            "a list, an object whose __iter__ starts a new pass)")
         self.batches = batches
         self.shape = (0, *input_shape)
 
@@ -61,7 +68,13 @@ class BatchStream:
                        getattr(self.batches, "dataset", None)):
             if hasattr(holder, "set_epoch"):
                 holder.set_epoch(epoch)
-        yield from self._pass(seed * 1_000_003 + epoch, skip)
+        empty = True
+        for batch in self._pass(seed * 1_000_003 + epoch, skip):
+            empty = False
+            yield batch
+        if empty and skip == 0:
+            raise ValueError(f"the training stream yielded no batch in epoch {epoch}: it is "
+                             "empty, or it does not start a new pass each time it is iterated")
 
     def examples(self, count: int, generator: torch.Generator) -> Split:
         """The first ``count`` examples of a pass seeded from ``generator``."""
@@ -116,6 +129,11 @@ def _pair(item: Any, index: int) -> Split:
                         "iterable yield (x, y) batches")
     x, y = (value if isinstance(value, torch.Tensor) else torch.as_tensor(value)
             for value in item)
+    # NumPy's float64 inputs and int32 labels, as PyTorch's layers and losses expect them
+    if x.is_floating_point() and x.dtype != torch.get_default_dtype():
+        x = x.to(torch.get_default_dtype())
+    if not y.is_floating_point() and y.dtype != torch.long:
+        y = y.long()
     return x, y
 
 

@@ -165,6 +165,16 @@ class FrameworkSizing(SelfSizing):
             self.epoch = int(resume["epoch"])  # read by the method's on_train_begin
         super().__init__(method, *args, **kwargs)
 
+    def catch_up(self, completed: int) -> list[dict[str, Any]]:
+        """The epoch ends a checkpoint missed: a framework that saves on a step writes the
+        last step of an epoch before that epoch's end hook runs, and resumes after it. Each
+        missed end evaluates and decides now, on the weights the epoch ended with (its
+        training metrics are then empty); returns their records."""
+        records = []
+        while self.epoch < completed and not self._finished:
+            records.append(self.epoch_end())
+        return records
+
     def state(self, history: list[dict[str, Any]]) -> dict[str, Any]:
         """What a resume needs, for the framework's checkpoint: the completed epochs, the
         method's state, the live widths and the epochs' ``history``. From a checkpoint written

@@ -28,12 +28,13 @@ it builds the optimizer whose state it restores, and restores the method's state
 
 Limits: one device (DDP and ``DataParallel`` are refused), gate draws per batch; under NPN the
 loss is computed twice per batch (the second time without gradients). ``load_best_model_at_end``
-cannot load a best checkpoint whose widths differ from the final network's.
+resizes the network to the best checkpoint's widths as it loads it.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -177,7 +178,7 @@ class SelfSizingTrainer(Trainer):
             self.sizing.record_batch(loss, batch_size(inputs))
         return (loss, outputs[0]) if return_outputs else loss
 
-    def _start_sizing(self, epochs: float) -> None:
+    def _start_sizing(self, epochs: float, completed: float | None = None) -> None:
         self._remove_load_hook()  # the checkpoint, if any, is loaded
         resume, self._resume = self._resume, None
         self.sizing = FrameworkSizing(
@@ -185,6 +186,17 @@ class SelfSizingTrainer(Trainer):
             epochs=planned_epochs(epochs, "Hugging Face"), val=self.val, train=self.train_split,
             seed=self.seed, prepared=True, resume=resume)
         self.history = list(resume["history"]) if resume else []
+        if resume and completed:  # a step checkpoint on an epoch's last step: its end is owed
+            self.history += self.sizing.catch_up(math.floor(completed + 1e-6))
+
+    def _load_best_model(self) -> None:
+        """The Trainer's ``load_best_model_at_end``, into a network resized to the best
+        checkpoint's widths (a run that resized after it would not load otherwise)."""
+        handle = resize_to_state_dict(self.network)
+        try:
+            super()._load_best_model()
+        finally:
+            handle.remove()
 
     def _remove_load_hook(self) -> None:
         if self._resize_on_load is not None:
@@ -224,7 +236,7 @@ class _SizingCallback(TrainerCallback):
         self.trainer = trainer
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self.trainer._start_sizing(state.num_train_epochs)
+        self.trainer._start_sizing(state.num_train_epochs, state.epoch)
 
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.trainer.sizing is not None:

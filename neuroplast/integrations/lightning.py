@@ -100,6 +100,9 @@ class NeuroplastCallback(Callback):
     # ------------------------------------------------------------ before the optimizer
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "fit":
+            # validate/test/predict from a checkpoint of a resized network: its widths first
+            if self._resize_on_load is None and self._prepared is not None:
+                self._resize_on_load = resize_to_state_dict(self.network(pl_module))
             return
         refuse_distributed(trainer.world_size, "Lightning")
         if not pl_module.automatic_optimization:
@@ -165,6 +168,8 @@ class NeuroplastCallback(Callback):
             epochs=_planned_epochs(trainer), val=self.val, train=self.train,
             seed=self.seed, prepared=True, resume=resume)
         self.history = list(resume["history"]) if resume else []
+        if resume:  # a step checkpoint on an epoch's last step: that epoch's end is owed
+            self.history += self.sizing.catch_up(trainer.current_epoch)
 
     def state_dict(self) -> dict[str, Any]:
         """The state Lightning checkpoints: the completed epochs, the method's state

@@ -228,6 +228,7 @@ class Interruption(Callback):
         self.previous: dict[int, Any] = {}
 
     def on_train_begin(self, trainer: Context) -> None:
+        trainer.interrupt_signal = None  # a fit() after an interrupted one starts afresh
         if not trainer.strategy.stops_alone or \
                 threading.current_thread() is not threading.main_thread():
             return

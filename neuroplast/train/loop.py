@@ -232,11 +232,21 @@ class Trainer(Context):
         progress = self.progress
         assert progress is not None
         self.model.train()
+        batches = self._epoch_batches(epoch, progress)
         try:
-            for x, y, index in self._epoch_batches(epoch, progress):
+            while True:
                 self._stop_if_interrupted()  # between batches, so none is half applied
+                try:
+                    x, y, index = next(batches)
+                except StopIteration:
+                    break
+                except RuntimeError:
+                    # A SIGTERM to the whole job also stops a DataLoader's workers: the fetch
+                    # fails because of the interrupt being held, which is what it reports.
+                    if self.interrupt_signal is not None:
+                        raise KeyboardInterrupt from None
+                    raise
                 progress.add(*self._train_batch(epoch, index, x, y), step=self.step)
-            self._stop_if_interrupted()  # a signal during the epoch's last batch
         except KeyboardInterrupt:
             # The exact position only between batches: an interrupt raised inside one (a
             # second signal, a callback's) may follow its optimizer step, so that run resumes
