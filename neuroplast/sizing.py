@@ -45,6 +45,8 @@ class SelfSizing(Context):
             are used.
         prepared: ``model`` already went through ``method.prepare_model`` (the Lightning and
             Hugging Face integrations prepare it before their framework builds the optimizer).
+        loss: ``"cross-entropy"`` (classification) or ``"mse"`` (regression: float targets;
+            the method's loss, validation and decisions use the squared error).
         **options: the method's options (``k_schedule="1:7,1001:inf"``, ``mode="expand"``).
 
     Example::
@@ -61,7 +63,7 @@ class SelfSizing(Context):
     def __init__(self, method: str | Method, model: nn.Module,
                  optimizer: torch.optim.Optimizer, *, epochs: int, val: Split,
                  train: Split | None = None, seed: int = 0, example: Any = None,
-                 prepared: bool = False, **options: Any) -> None:
+                 prepared: bool = False, loss: str = "cross-entropy", **options: Any) -> None:
         super().__init__()
         if isinstance(method, str):
             from .methods import build_method
@@ -79,11 +81,13 @@ class SelfSizing(Context):
         self.data = DataSplits(
             name="own loop", x_train=x_train, y_train=y_train, x_val=x_val, y_val=y_val,
             x_test=x_val[:0], y_test=y_val[:0],
-            num_classes=int(max(y_val.max(), y_train.max() if len(y_train) else 0)) + 1,
+            num_classes=1 if y_val.is_floating_point() else
+            int(max(y_val.max(), y_train.max() if len(y_train) else 0)) + 1,
             input_shape=tuple(x_val.shape[1:]))
         first = optimizer.param_groups[0]  # (its lr before a scheduler's warm-up, if any)
         self.config = TrainConfig(epochs=epochs, lr=first.get("initial_lr", first["lr"]),
-                                  seed=seed, progress=False)
+                                  seed=seed, progress=False, loss=loss)
+        self.config.validate()
         self.method = method
         if example is not None:
             if not method.resizes_traced_groups:
@@ -110,8 +114,9 @@ class SelfSizing(Context):
     def loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """The method's training loss for one batch (call ``backward()`` on it)."""
         self.begin_batch(inputs, targets)
-        loss, logits = self.method.training_loss(self, inputs, targets)
-        self.record_batch(loss, len(targets), int((logits.detach().argmax(1) == targets).sum()))
+        loss, outputs = self.method.training_loss(self, inputs, targets)
+        correct = self.objective.correct(outputs, targets)
+        self.record_batch(loss, len(targets), None if correct is None else int(correct))
         return loss
 
     def step(self) -> None:

@@ -233,3 +233,28 @@ def test_numpy_batches_and_a_map_style_regression_split_keep_their_meaning():
     config = TrainConfig(epochs=2, loss="mse", lr=1e-2, progress=False)
     history = Trainer(_mlp(data, 8), data, FixedWidth(), config).fit()
     assert history[-1]["val_loss"] < float(y[:16].var())
+
+
+def test_selfsizing_sizes_a_regression_in_an_own_loop_as_the_trainer_does():
+    from neuroplast import SelfSizing
+
+    data = _regression(n=1500, hidden=2, seed=1)
+    config = TrainConfig(epochs=6, batch_size=50, lr=1e-2, loss="mse", seed=0, progress=False)
+    trainer = Trainer(_mlp(data, 32), data, build_method("npn", {}), config)
+    expected = trainer.fit()
+    # the same batches by hand (the Trainer's permutation rule), the same method and seed
+    model = _mlp(data, 32)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    sizing = SelfSizing("npn", model, optimizer, epochs=6, val=(data.x_val, data.y_val),
+                        loss="mse")
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(6):
+        order = torch.randperm(len(data.y_train), generator=generator)
+        for start in range(0, len(order), 50):
+            rows = order[start : start + 50]
+            optimizer.zero_grad()
+            sizing.loss(data.x_train[rows], data.y_train[rows]).backward()
+            sizing.step()
+        record = sizing.epoch_end()
+    assert record["widths"] == expected[-1]["widths"]
+    assert record["val_loss"] == pytest.approx(expected[-1]["val_loss"], rel=1e-5)
