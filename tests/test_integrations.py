@@ -221,7 +221,7 @@ def test_lightning_metanet_search_resizes(pl, digits):
     assert callback.history[-1]["val_accuracy"] > 0.85
 
 
-def lightning_resumable_fit(pl, digits, directory, ckpt_path=None):
+def lightning_resumable_fit(pl, digits, directory, ckpt_path=None, every_n_train_steps=None):
     """Four epochs of RESUME_OPTIONS, a checkpoint after each. Lightning restores neither the
     loader's shuffling nor torch's generator (the gates' draws): no shuffling, and the
     generator seeded at every epoch's start, so a resumed run can draw what the whole one drew.
@@ -238,7 +238,8 @@ def lightning_resumable_fit(pl, digits, directory, ckpt_path=None):
     data = torch.utils.data.TensorDataset(digits.x_train, digits.y_train)
     loader = torch.utils.data.DataLoader(data, batch_size=64)
     checkpoints = pl.callbacks.ModelCheckpoint(dirpath=directory, save_top_k=-1,
-                                               filename="{epoch}")
+                                               filename="{epoch}-{step}",
+                                               every_n_train_steps=every_n_train_steps)
     trainer = pl.Trainer(max_epochs=4, accelerator="cpu", devices=1, logger=False,
                          enable_progress_bar=False, enable_model_summary=False,
                          callbacks=[callback, Reseed(), checkpoints])
@@ -248,7 +249,7 @@ def lightning_resumable_fit(pl, digits, directory, ckpt_path=None):
 
 def test_lightning_resumes_a_resized_network_from_its_checkpoint(pl, digits, tmp_path):
     module, callback, trainer = lightning_resumable_fit(pl, digits, tmp_path / "whole")
-    after_two = tmp_path / "whole" / "epoch=1.ckpt"
+    after_two = tmp_path / "whole" / "epoch=1-step=36.ckpt"
     saved = torch.load(after_two, weights_only=True)  # plain values and tensors: no pickle
     assert saved["state_dict"]["model.1.weight"].shape[0] < 32  # units were removed
     assert saved["callbacks"]["NeuroplastCallback"]["epoch"] == 2
@@ -259,6 +260,23 @@ def test_lightning_resumes_a_resized_network_from_its_checkpoint(pl, digits, tmp
         (module.model, callback.method, callback.history, trainer.optimizers[0]),
         (module2.model, callback2.method, callback2.history, trainer2.optimizers[0]))
     assert callback2._resize_on_load is None  # the load hook is gone once training started
+
+
+def test_lightning_resumes_from_a_step_checkpoint_written_before_the_epoch_end(
+        pl, digits, tmp_path):
+    # every 18 steps = an epoch's last step: the checkpoint is written before the epoch's end
+    # (validation, decisions) runs, and the resumed run owes that end.
+    module, callback, _ = lightning_resumable_fit(pl, digits, tmp_path / "whole",
+                                                  every_n_train_steps=18)
+    after_two = tmp_path / "whole" / "epoch=1-step=36.ckpt"
+    assert torch.load(after_two, weights_only=True)["callbacks"]["NeuroplastCallback"][
+        "epoch"] == 1
+    module2, callback2, _ = lightning_resumable_fit(pl, digits, tmp_path / "resumed",
+                                                    ckpt_path=after_two, every_n_train_steps=18)
+    assert [r["epoch"] for r in callback2.history] == [1, 2, 3, 4]
+    assert [r["widths"] for r in callback2.history] == [r["widths"] for r in callback.history]
+    assert_same_state(callback2.method.state_dict(), callback.method.state_dict())
+    assert_same_state(module2.model.state_dict(), module.model.state_dict())
 
 
 def test_lightning_plans_epochs_from_max_steps(pl, digits):
