@@ -169,9 +169,12 @@ def plot_widths(
 
 
 def plot_curves(records: Sequence[dict], path: str | os.PathLike, title: str = "") -> Path:
-    """Two panels: loss and accuracy (train / val / test where present) over epochs."""
-    figure = _new_figure(figsize=(11, 4.2), layout="constrained")
-    loss_axis, accuracy_axis = figure.subplots(1, 2)
+    """Two panels: loss and accuracy (train / val / test where present) over epochs; the
+    loss alone for a regression (no accuracy logged)."""
+    scored = any(_has_data(_series(records, f"{split}_accuracy"))
+                 for split in ("train", "val", "test"))
+    figure = _new_figure(figsize=(11, 4.2) if scored else (6, 4.2), layout="constrained")
+    loss_axis, accuracy_axis = figure.subplots(1, 2) if scored else (figure.subplots(), None)
     epochs = _epochs(records)
     marker = "o" if len(epochs) <= MARKER_MAX_EPOCHS else None
     losses = []
@@ -184,14 +187,15 @@ def plot_curves(records: Sequence[dict], path: str | os.PathLike, title: str = "
             losses.append(loss)
             label = "train (data + penalty)" if split == "train" and penalised else split
             loss_axis.plot(epochs, loss, marker=marker, markersize=3, color=colour, label=label)
-        if _has_data(accuracy):
+        if accuracy_axis is not None and _has_data(accuracy):
             accuracy_axis.plot(
                 epochs, 100.0 * accuracy, marker=marker, markersize=3, color=colour, label=split
             )
     if losses and _spans(np.concatenate(losses), LOG_LOSS_RATIO):
         loss_axis.set_yscale("log")
     _style_axis(loss_axis, "Loss", "epoch", "loss")
-    _style_axis(accuracy_axis, "Accuracy", "epoch", "accuracy (%)")
+    if accuracy_axis is not None:
+        _style_axis(accuracy_axis, "Accuracy", "epoch", "accuracy (%)")
     if title:
         figure.suptitle(title)
     return _save(figure, path)

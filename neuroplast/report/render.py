@@ -288,14 +288,16 @@ def _epoch_section(records: Sequence[dict], layers: Sequence[str]) -> str:
     if not records:
         lines.append("No completed epoch.")
         return "\n".join(lines)
-    header = (
-        "| Epoch | Train loss | Val loss | Test loss | Train acc % | Val acc % | Test acc % "
-        "| Widths | Params | Time |"
-    )
+    # A regression has no accuracy: its three columns are left out.
+    scored = any(_finite(record.get("val_accuracy")) for record in records)
+    accuracy_header = "| Train acc % | Val acc % | Test acc % " if scored else ""
+    header = (f"| Epoch | Train loss | Val loss | Test loss {accuracy_header}"
+              "| Widths | Params | Time |")
     if any((record.get("method") or {}).get("penalty") for record in records):
         lines += ["The training loss includes the method's penalty (the logged `penalty`); the "
                   "validation and test losses are the data loss alone.", ""]
-    lines += [header, "|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
+    lines += [header, "|---:|---:|---:|---:|" + ("---:|---:|---:|" if scored else "")
+              + "---|---:|---:|"]
     shown: list[dict | None] = list(records)
     if len(records) > MAX_EPOCH_ROWS:
         half = MAX_EPOCH_ROWS // 2
@@ -304,7 +306,7 @@ def _epoch_section(records: Sequence[dict], layers: Sequence[str]) -> str:
     for record in shown:
         if record is None:
             skipped = len(records) - 2 * (MAX_EPOCH_ROWS // 2)
-            lines.append(f"| ... | {skipped} epochs omitted | | | | | | | | |")
+            lines.append(f"| ... | {skipped} epochs omitted |" + " |" * (8 if scored else 5))
             continue
         widths = record.get("widths")
         widths = [widths.get(name) for name in layers] if isinstance(widths, dict) else None
@@ -313,9 +315,8 @@ def _epoch_section(records: Sequence[dict], layers: Sequence[str]) -> str:
             fmt_loss(record.get("train_loss")),
             fmt_loss(record.get("val_loss")),
             fmt_loss(record.get("test_loss")),
-            fmt_percent_bare(record.get("train_accuracy")),
-            fmt_percent_bare(record.get("val_accuracy")),
-            fmt_percent_bare(record.get("test_accuracy")),
+            *([fmt_percent_bare(record.get(f"{split}_accuracy"))
+               for split in ("train", "val", "test")] if scored else []),
             fmt_widths(widths),
             fmt_int(record.get("params")),
             fmt_seconds(record.get("seconds")),
