@@ -76,7 +76,7 @@ class EpochProgress:
     loss_sum: float = 0.0  # their summed loss
     correct: torch.Tensor | int = 0  # their correct predictions (a device tensor: no sync)
 
-    def add(self, loss_sum: float, correct: torch.Tensor, seen: int, step: int) -> None:
+    def add(self, loss_sum: float, correct: torch.Tensor | int, seen: int, step: int) -> None:
         """Count one more applied batch."""
         self.batch, self.step = self.batch + 1, step
         self.loss_sum += loss_sum
@@ -263,7 +263,7 @@ class Trainer(Context):
         return loss_sum / max(seen, 1), accuracy
 
     def _train_batch(self, epoch: int, index: int, x: torch.Tensor, y: torch.Tensor
-                     ) -> tuple[float, torch.Tensor, int]:
+                     ) -> tuple[float, torch.Tensor | int, int]:
         """One optimizer step on this process's share of a global batch; returns its summed
         loss, correct predictions and example count (zeros for a rank with no share)."""
         self._call("on_batch_begin", x, y)
@@ -277,11 +277,11 @@ class Trainer(Context):
         self.optimizer.step()
         self.step += 1
         self._call("on_batch_end", loss)
-        if self._agree(f"after batch {index + 1} of epoch {epoch}",
-                       diverged=not math.isfinite(value)):
+        if not self.strategy.stops_alone and self._agree(
+                f"after batch {index + 1} of epoch {epoch}", diverged=not math.isfinite(value)):
             self._diverged(value, epoch, index)  # on every rank at once
         if not self.loss_scale:  # a rank with no share of this batch counts nothing
-            return 0.0, torch.zeros((), dtype=torch.long, device=self.device), 0
+            return 0.0, 0, 0
         return value * len(y), correct, len(y)
 
     def _call(self, hook: str, *args: Any) -> None:
@@ -323,7 +323,7 @@ class Trainer(Context):
             yield self.augmentation(x, epoch, index, rows_of_batch, len(batch)), y, index
 
     def _backward(self, x: torch.Tensor, y: torch.Tensor
-                  ) -> tuple[float, torch.Tensor, torch.Tensor]:
+                  ) -> tuple[float, torch.Tensor | int, torch.Tensor]:
         """The method's loss and its gradients for one batch, in ``config.accumulate``
         micro-batches whose losses are weighted by their share; returns the batch's mean loss,
         its correct predictions and the (detached) loss."""
@@ -331,13 +331,15 @@ class Trainer(Context):
         # Every rank runs as many micro-batches (each backward is an all-reduce under DDP):
         # as many as the smallest share of the global batch allows.
         size = len(y) if rows is None else rows[0]
-        count = max(1, min(self.config.accumulate, size // self.strategy.world_size))
-        parts = torch.arange(len(y)).tensor_split(min(count, len(y)))
-        value, correct = 0.0, torch.zeros((), dtype=torch.long, device=self.device)
+        count = min(max(1, min(self.config.accumulate, size // self.strategy.world_size)),
+                    len(y))
+        # (one batch, the common case, is not split: no index tensors made per step)
+        parts = [None] if count == 1 else torch.arange(len(y)).tensor_split(count)
+        value, correct = 0.0, 0
         objective = self.objective
         try:
             for part in parts:
-                whole = len(parts) == 1
+                whole = part is None
                 x_part, y_part = (x, y) if whole else (x[part], y[part])
                 weight = 1.0 if whole else len(part) / len(y)
                 if rows is not None and not whole:  # DDP: this part's rows of the global batch
@@ -352,7 +354,7 @@ class Trainer(Context):
                     correct = correct + right
         finally:
             self.batch_rows = rows
-        return value, correct, torch.tensor(value)
+        return value, correct, loss.detach() if len(parts) == 1 else torch.tensor(value)
 
     def _diverged(self, value: float, epoch: int, index: int) -> None:
         raise TrainingDiverged(
