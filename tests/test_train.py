@@ -17,6 +17,17 @@ from neuroplast.train.loop import TrainConfig
 from neuroplast.train.run import RunConfig, resume_run, train_run
 
 
+@pytest.fixture(autouse=True)
+def _python_sigint_handler():
+    """Python's own SIGINT handler for these tests: a suite started in the background (`cmd
+    &`, nohup) inherits SIGINT ignored, which neuroplast rightly leaves alone, and then no
+    real Ctrl-C reaches the run."""
+    previous = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def _config(out, epochs=4, **train):
     # A checkpoint after every epoch, so each test knows which one a stop leaves behind.
     options = dict(epochs=epochs, batch_size=32, seed=3, progress=False, threads=1,
