@@ -77,50 +77,43 @@ def measure(quick: bool, threads: int) -> dict:
     epochs, repeats, batch_size = (1, 2, 128) if quick else (2, 9, 128)
     variants = ["neuroplast", "hand_written", "neuroplast_bf16"]
     times: dict[str, list[float]] = {variant: [] for variant in variants}
-    accuracy: dict[str, float] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        # One untimed round first: the first run in a process pays one-time costs (lazy
-        # imports, the allocator's first growth) that would land on whichever variant is first.
-        for variant in variants:
-            torch.manual_seed(0)
-            model = build_model(model_name, data.input_shape, data.num_classes)
-            if variant == "hand_written":
-                hand_written_epochs(model, data, 1, batch_size, 0)
-            else:
-                neuroplast_epochs(model, data, 1, batch_size, 0, Path(tmp) / f"warm-{variant}",
-                                  precision="bf16-mixed" if variant.endswith("bf16") else "32")
-        for repeat in range(repeats):
-            # Rotate which goes first so drift in background load cancels out.
-            order = variants[repeat % 3:] + variants[:repeat % 3]
-            for variant in order:
-                torch.manual_seed(0)
-                model = build_model(model_name, data.input_shape, data.num_classes)
-                started = time.perf_counter()
-                if variant == "hand_written":
-                    hand_written_epochs(model, data, epochs, batch_size, 0)
-                else:
-                    accuracy[variant] = neuroplast_epochs(
-                        model, data, epochs, batch_size, 0, Path(tmp) / f"{variant}{repeat}",
-                        precision="bf16-mixed" if variant.endswith("bf16") else "32")
-                times[variant].append((time.perf_counter() - started) / epochs)
+    accuracy: dict[str, float] = {}  # validation accuracy after the timed runs
+
+    def timed(variant: str, epochs: int, run_dir: Path, keep: bool = False) -> float:
+        """Seconds to build the model and train ``epochs`` epochs with ``variant`` (``keep``:
+        record its validation accuracy)."""
+        torch.manual_seed(0)
+        model = build_model(model_name, data.input_shape, data.num_classes)
+        started = time.perf_counter()
+        if variant == "hand_written":
+            hand_written_epochs(model, data, epochs, batch_size, 0)
+        else:
+            value = neuroplast_epochs(model, data, epochs, batch_size, 0, run_dir,
+                                      precision="bf16-mixed" if variant.endswith("bf16") else "32")
+            if keep:
+                accuracy[variant] = value
+        return time.perf_counter() - started
+
     # The steady-state epoch: the slope between runs of 1 and 3 epochs, which leaves out what
     # a run pays once (building the Trainer, the first checkpoint that measures the cost of
     # writing one, the final one after on_train_end).
     steady: dict[str, dict[int, list[float]]] = {"neuroplast": {1: [], 3: []},
                                                  "hand_written": {1: [], 3: []}}
     with tempfile.TemporaryDirectory() as tmp:
+        # One untimed round first: the first run in a process pays one-time costs (lazy
+        # imports, the allocator's first growth) that would land on whichever variant is first.
+        for variant in variants:
+            timed(variant, 1, Path(tmp) / f"warm-{variant}")
+        for repeat in range(repeats):
+            # Rotate which goes first so drift in background load cancels out.
+            for variant in variants[repeat % 3:] + variants[:repeat % 3]:
+                run_dir = Path(tmp) / f"{variant}{repeat}"
+                times[variant].append(timed(variant, epochs, run_dir, keep=True) / epochs)
         for repeat in range(2 if quick else 4):
             for variant, runs in steady.items():
                 for count in runs:
-                    torch.manual_seed(0)
-                    model = build_model(model_name, data.input_shape, data.num_classes)
-                    started = time.perf_counter()
-                    if variant == "hand_written":
-                        hand_written_epochs(model, data, count, batch_size, 0)
-                    else:
-                        neuroplast_epochs(model, data, count, batch_size, 0,
-                                          Path(tmp) / f"steady-{count}-{repeat}")
-                    runs[count].append(time.perf_counter() - started)
+                    run_dir = Path(tmp) / f"{variant}-{count}-{repeat}"
+                    runs[count].append(timed(variant, count, run_dir))
     slope = {variant: (statistics.median(runs[3]) - statistics.median(runs[1])) / 2
              for variant, runs in steady.items()}
     once = {variant: statistics.median(runs[1]) - slope[variant]
