@@ -199,6 +199,63 @@ HEADER = ["recipe", "options added", "seed", "epochs", "test error", "architectu
           "params", "train time", "meets the goal's"]
 
 
+def _families() -> dict[tuple[str, str, int], list[dict[str, Any]]]:
+    """Every full run by (model, mode, seed): the pools a recipe's lambdas were chosen from."""
+    sources = {
+        ("LeNet-5-Caffe", "prune"): [*sorted(RESULTS.glob("npn-lenet5-sparse-full*.json")),
+                                     *sorted(RESULTS.glob("npn-lenet5-sgd-s*.json"))],
+        ("LeNet-5-Caffe", "expand"): [*sorted(RESULTS.glob("npn-lenet5-expand-full*.json")),
+                                      *sorted(RESULTS.glob("npn-lenet5-sgd-expand*.json"))],
+        ("LeNet-300-100", "prune"): [RESULTS / "npn-lenet300-lambda-sweep.json",
+                                     RESULTS / "npn-lenet300-full-s0.json"],
+    }
+    families: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
+    for (model, mode), paths in sources.items():
+        for path in (path for path in paths if path.exists()):
+            for run in _rows(path.name):
+                run = {**run, "file": path.name}
+                families.setdefault((model, mode, int(run.get("seed", 0))), []).append(run)
+    return families
+
+
+def _within_widths(model: str, widths: list[int]) -> bool:
+    if model == "LeNet-5-Caffe":
+        return all(w <= g for w, g in zip(widths, LENET5_GOAL, strict=True))
+    return sum(widths) < LENET300_GOAL
+
+
+def chosen_on_validation() -> list[list[str]]:
+    """One row per (model, mode, seed): the run the validation split chooses.
+
+    The rule, fixed before reading the result: among the seed's runs that recorded a
+    validation accuracy and whose widths meet the goal's bound, the lowest validation error;
+    its test error is reported (read once more, not compared). Runs that logged no validation
+    accuracy cannot be chosen. Beside it, the lowest test error among the same candidates: what
+    choosing on the test set reported.
+    """
+    rows = []
+    for (model, mode, seed), runs in sorted(_families().items()):
+        scored = [run for run in runs if run.get("val_accuracy") is not None]
+        candidates = [run for run in scored
+                      if _within_widths(model, [int(w) for w in run["final_widths"]])]
+        if not candidates:
+            continue
+        chosen = max(candidates, key=lambda run: run["val_accuracy"])
+        by_test = max(candidates, key=lambda run: run["test_accuracy"])
+        widths = "-".join(str(int(w)) for w in chosen["final_widths"])
+        recipe, settings = _recipe_and_settings(chosen["command"])
+        rows.append([model, mode, str(seed), f"{len(candidates)} of {len(runs)}",
+                     f"{recipe} {settings}".replace(" (the recipe)", ""),
+                     f"{100 - 100 * chosen['val_accuracy']:.2f} %", f"{_error(chosen):.2f} %",
+                     widths, f"{_error(by_test):.2f} %", chosen["file"]])
+    return rows
+
+
+VALIDATION_HEADER = ["model", "mode", "seed", "candidates (of the seed's runs)",
+                     "chosen on validation", "its validation error", "its test error",
+                     "architecture", "the lowest test error among them"]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.parse_args(argv)
@@ -208,6 +265,14 @@ def main(argv: list[str] | None = None) -> None:
     print("\nLeNet-300-100 (input features-fc1-fc2 units; goal: error <= 1.6 % with fewer "
           "than 387 = 266+88+33 units)\n")
     print(markdown(HEADER, lenet300_rows()))
+    print("\nChosen on validation: per seed, among the runs within the goal's widths that "
+          "logged a validation accuracy, the lowest validation error\n")
+    lines = ["| " + " | ".join(VALIDATION_HEADER) + " |", "|" + "---|" * len(VALIDATION_HEADER)]
+    for *cells, name in chosen_on_validation():
+        cells[4] = f"`{cells[4]}`"
+        cells[6] = f"[{cells[6]}](benchmarks/results/{name})"
+        lines.append("| " + " | ".join(cells) + " |")
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

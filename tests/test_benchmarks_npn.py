@@ -125,3 +125,22 @@ def test_table_params_are_what_compaction_leaves_of_those_widths():
 
     assert npn_tables.lenet300_params(278, 82, 31) == compact_count("lenet300", [82, 31], 278)
     assert npn_tables.lenet5_params(9, 16, 41, 16) == compact_count("lenet5", [9, 16, 16], 41)
+
+
+def test_the_validation_choice_reads_validation_errors_only(tmp_path, monkeypatch):
+    import json
+
+    def run(val, test, widths, lam):
+        return {"seed": 0, "val_accuracy": val, "test_accuracy": test, "final_widths": widths,
+                "command": f"neuroplast train --config recipes/npn-lenet5-mnist-sparse-sgd.toml "
+                           f"--npn-lambdas {lam}", "epochs": 100, "train_seconds": 60}
+
+    runs = [run(0.990, 0.9950, [9, 16, 40, 16], "1"),   # best on test
+            run(0.992, 0.9910, [9, 16, 40, 16], "2"),   # best on validation
+            run(0.999, 0.9990, [20, 50, 800, 500], "3")]  # best of all, but too wide
+    (tmp_path / "npn-lenet5-sgd-s0.json").write_text(json.dumps({"runs": runs}))
+    monkeypatch.setattr(npn_tables, "RESULTS", tmp_path)
+    [row] = npn_tables.chosen_on_validation()
+    assert row[:4] == ["LeNet-5-Caffe", "prune", "0", "2 of 3"]
+    assert "--npn-lambdas 2" in row[4]
+    assert row[5:9] == ["0.80 %", "0.90 %", "9-16-40-16", "0.50 %"]
