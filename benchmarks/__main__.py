@@ -88,8 +88,9 @@ def _tasks(suite: str) -> list[Task]:
         task.methods = {
             "fixed": ["--method", "fixed"],
             # the lambdas as given (the suite's rows predate the adaptive price)
-            "npn": ["--method", "npn", "--npn-input-gates", "--npn-lambdas", lam, "--npn-k", "7",
-                    "--npn-stages", "0.2,0.7", "--no-npn-adaptive", *gate_lr],
+            "npn": ["--method", "npn", "--npn-input-gates", "--npn-lambdas", lam,
+                    "--npn-lambda-unit", "weight", "--npn-k", "7", "--npn-stages", "0.2,0.7",
+                    "--no-npn-adaptive", *gate_lr],
             "l0hc": ["--method", "l0hc", "--l0hc-lambdas", lam,
                      *(["--l0hc-gate-lr", "1e-2"] if suite == "full" else [])],
             "magnitude": ["--method", "magnitude", "--magnitude-keep", "0.3"],

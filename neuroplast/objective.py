@@ -43,6 +43,11 @@ class Objective:
         """Correct predictions in the batch, or None where there is no accuracy."""
         return None
 
+    def null_loss(self, targets: torch.Tensor) -> float:
+        """The loss of the best constant prediction for these targets: what a model that
+        learned nothing loses. A price in its units follows the loss's scale."""
+        raise NotImplementedError
+
     def score(self, metrics: dict[str, Any], examples: int) -> tuple[float, float]:
         """The validation score a method keeps the best of (higher is better) and its
         standard error, from an epoch's metrics measured on ``examples`` examples."""
@@ -64,6 +69,12 @@ class CrossEntropy(Objective):
 
     def correct(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return (outputs.detach().argmax(1) == targets).sum()
+
+    def null_loss(self, targets: torch.Tensor) -> float:
+        """The entropy of the class frequencies (nats)."""
+        frequencies = torch.bincount(targets.reshape(-1).long()).double() / targets.numel()
+        frequencies = frequencies[frequencies > 0]
+        return float(-(frequencies * frequencies.log()).sum())
 
     def score(self, metrics: dict[str, Any], examples: int) -> tuple[float, float]:
         accuracy = float(metrics.get("val_accuracy", math.nan))
@@ -93,6 +104,11 @@ class MeanSquaredError(Objective):
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return self.example_losses(outputs, targets).mean()
+
+    def null_loss(self, targets: torch.Tensor) -> float:
+        """The targets' variance, averaged over the outputs (predicting their mean)."""
+        values = targets.double().reshape(len(targets), -1)
+        return float(values.var(0, unbiased=False).mean())
 
 
 LOSSES: dict[str, type[Objective]] = {"cross-entropy": CrossEntropy, "mse": MeanSquaredError}

@@ -60,7 +60,8 @@ def test_the_command_line_exits_non_zero_naming_the_layer_and_the_fix(tmp_path, 
     code = cli.main(["train", "--method", "npn", "--dataset", "moons", "--model", "mlp",
                      "--widths", "80", "--epochs", "12", "--batch-size", "32", "--lr", "0.01",
                      "--npn-input-gates", "--npn-k", "7", "--npn-stages", "0.1,0.8",
-                     "--npn-lambdas", "5e-2,1e-5", "--npn-gate-lr", "0.1", "--no-progress",
+                     "--npn-lambdas", "5e-2,1e-5", "--npn-lambda-unit", "weight",
+                     "--no-npn-adaptive", "--npn-gate-lr", "0.1", "--no-progress",
                      "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err
     assert code == 1

@@ -158,6 +158,7 @@ def test_a_dead_rank_stops_the_other_with_a_clear_error(tmp_path):
 NPN_ARGS = ["--method", "npn", "--model", "mlp", "--widths", "16", "--epochs", "3",
             "--batch-size", "32", "--seed", "1", "--threads", "1", "--no-progress",
             "--npn-k", "2", "--npn-stages", "0.0,1.0", "--npn-lambdas", "0.01",
+            "--npn-lambda-unit", "weight",
             # the price and phi's rate this test was written with (it checks equivalence)
             "--no-npn-adaptive", "--npn-gate-lr", "1e-3",
             # each rank augments its share of the batch as one process augments all of it

@@ -392,7 +392,8 @@ def test_a_gate_that_cannot_be_folded_is_a_clear_error():
 def test_load_run_model_gives_the_compact_model_the_run_evaluated(tmp_path):
     config = RunConfig(method="npn", model="mlp", dataset="digits", widths=[24],
                        out=str(tmp_path / "run"),
-                       method_options={"lambdas": [2e-3], "stages": [0.2, 0.6]},
+                       method_options={"lambdas": [2e-3], "lambda_unit": "weight",
+                                       "stages": [0.2, 0.6]},
                        train=TrainConfig(epochs=5, batch_size=32, seed=1, progress=False,
                                          threads=1, lr=0.01))
     summary = train_run(config)

@@ -178,7 +178,7 @@ def test_a_checkpoint_resumes_on_another_device_and_back(tmp_path, devices):
     config = RunConfig(method="npn", model="mlp", dataset="digits", widths=[24],
                        out=str(tmp_path / "run"),
                        method_options={"k_schedule": "1:7", "lambdas": [1e-3], "gate_lr": 1e-3,
-                                       "adaptive": False},
+                                       "adaptive": False, "lambda_unit": "weight"},
                        train=TrainConfig(epochs=3, batch_size=64, device=first, progress=False))
     one = _PauseAndCompare(epoch=1, batch=6)
     assert train_run(config, callbacks=[one])["epochs"] == 0
@@ -259,7 +259,7 @@ def test_an_npn_lenet5_step_under_bf16_autocast_matches_float32(device):
                       (1, 28, 28))
     torch.manual_seed(0)
     model = build_model("lenet5", (1, 28, 28), 10)
-    method = NPN(k_schedule="1:7", lambdas=(1e-4,))
+    method = NPN(k_schedule="1:7", lambdas=(1e-4,), lambda_unit="weight")
     trainer = Trainer(model, data, method, TrainConfig(epochs=1, batch_size=32, device=device,
                                                        progress=False))
     method.on_train_begin(trainer)

@@ -25,7 +25,8 @@ from neuroplast.data import load_dataset
 
 # Gates that decide within three epochs: plastic (k = 7) for two, then k = inf, when the
 # physical implementation removes every unit whose gate is off; a price that closes some.
-NPN_OPTIONS = {"k_schedule": "1:7,3:inf", "implementation": "physical", "lambdas": (0.003,)}
+NPN_OPTIONS = {"k_schedule": "1:7,3:inf", "implementation": "physical", "lambdas": (0.003,),
+               "lambda_unit": "weight"}
 # For a resume after epoch 2 (units removed at its end): plastic again in epoch 4, where the
 # adapted price (the method's state) and the gate draws shape the weights.
 RESUME_OPTIONS = {**NPN_OPTIONS, "k_schedule": "1:7,3:inf,4:7"}
@@ -284,7 +285,8 @@ def test_lightning_plans_epochs_from_max_steps(pl, digits):
 
     # 18 batches of 64 a epoch, an optimizer step every 2 (and at the epoch's end): 9 steps a
     # epoch, so 20 steps take 3 epochs, the last one partly.
-    callback = NeuroplastCallback("npn", val=(digits.x_val, digits.y_val), lambdas=(0.003,))
+    callback = NeuroplastCallback("npn", val=(digits.x_val, digits.y_val), lambdas=(0.003,),
+                                  lambda_unit="weight")
     data = torch.utils.data.TensorDataset(digits.x_train, digits.y_train)
     loader = torch.utils.data.DataLoader(data, batch_size=64)
     trainer = pl.Trainer(max_steps=20, accumulate_grad_batches=2, accelerator="cpu", devices=1,
@@ -477,7 +479,7 @@ def test_huggingface_resumes_from_a_step_checkpoint_written_before_the_epoch_end
 
 
 def test_huggingface_plans_epochs_from_max_steps(hf, digits, tmp_path):
-    trainer = hf_trainer(hf, digits, tmp_path, lambdas=(0.003,))
+    trainer = hf_trainer(hf, digits, tmp_path, lambdas=(0.003,), lambda_unit="weight")
     trainer.args.max_steps = 20  # 18 steps a epoch: 2 epochs, whatever num_train_epochs says
     trainer.train()
     assert trainer.state.global_step == 20 and trainer.sizing.config.epochs == 2

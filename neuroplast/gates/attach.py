@@ -64,7 +64,13 @@ class GatedLayer:
         gate_name: qualified name of the :class:`NPNGate` module.
         gate: the gate module (it outlives every resize; its tensors are replaced in place).
         weights_per_gate: weights one gate switches, at the layer's full size (a conv:
-            ``in_channels * kernel``; a Linear: ``out_features``); the L0 term counts these.
+            ``in_channels * kernel``; a Linear: ``out_features``); the reference's L0 term
+            counts these.
+        params_per_gate: parameters one gate's unit holds in the compact network, at the
+            model's full size: a hidden unit's row of weights and its bias, its per-unit
+            layers (BatchNorm) and the next layer's columns it feeds; an input feature, the
+            first layer's column; a unit that cannot be removed (a ResNet stem channel), 0.
+            What closing the gate removes from an export.
         governed: the module whose ``weight`` the gates switch, and ``dim`` the dimension of
             that weight indexed by the gates (0: conv filters; 1: Linear input columns).
         source: for a Linear's input gates, the Linear whose units they switch (None: the
@@ -78,6 +84,7 @@ class GatedLayer:
     governed: nn.Module
     dim: int
     source: str | None = None  # the Linear whose units a Linear's input gates switch
+    params_per_gate: int | None = None  # None: not measured (counted as weights_per_gate)
 
     @property
     def counts(self) -> str:
@@ -251,10 +258,32 @@ def attach_npn_gates(
         insert_module(model, anchor, gate, f"{label}_gate", after=after)
         inserted.append((gated, gate, 0 if after else 1, source[0] if source else None))
     names = {id(module): name for name, module in model.named_modules()}
+    unit_params = _parameters_per_unit(model, {id(gate) for _, gate, _, _ in inserted})
     layers = []
     for gated, gate, dim, source in inserted:
         weight = gated.weight
         per_gate = math.prod(weight.shape) // weight.shape[dim]
+        # A hidden unit (a conv's channel, the Linear before an input gate) holds parameters
+        # on both sides of the gate; a network input feature only the first layer's column.
+        owner = names[id(gated)] if dim == 0 else source
+        # A unit in no unit group (a ResNet stem channel feeds the residual stream) cannot be
+        # removed: closing its gate saves no parameter.
+        params = unit_params.get(owner, 0) if owner else per_gate
         layers.append(GatedLayer(names[id(gated)], names[id(gate)], gate, per_gate, gated, dim,
-                                 source))
+                                 source, params))
     return layers
+
+
+def _parameters_per_unit(model: nn.Module, gates: set[int]) -> dict[str, int]:
+    """Parameters one unit of each unit group holds (every coupled parameter tensor's share:
+    the producer's row or filter and bias, BatchNorm's scale and shift, the consumer's
+    columns), gates left out: the compact network has none."""
+    counts = {}
+    for name, group in find_unit_groups(model).items():
+        total = 0
+        for coupled in group.tensors:
+            tensor = getattr(coupled.module, coupled.tensor_name, None)
+            if id(coupled.module) not in gates and isinstance(tensor, nn.Parameter):
+                total += tensor.numel()
+        counts[name] = total // group.width
+    return counts

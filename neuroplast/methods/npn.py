@@ -1,9 +1,10 @@
 """``npn``: Neural Plasticity Networks (Li & Ji, arXiv 1908.08118).
 
 Every gated layer's units carry a stochastic binary gate ``z ~ Bernoulli(sigmoid(k * phi))``
-(:class:`~neuroplast.gates.npn.NPNGate`). The loss is the cross-entropy plus, per gated layer,
-``lambda * weights_per_gate * sum(sigmoid(k * phi))`` (the expected number of active weights,
-i.e. an L0 penalty with ``lambda`` per weight) and a gate-weighted L2 term; ``phi`` is trained
+(:class:`~neuroplast.gates.npn.NPNGate`). The loss is the data loss plus, per gated layer,
+``lambda * cost_per_gate * sum(sigmoid(k * phi))`` (an L0 penalty: by default ``lambda`` prices
+each parameter a unit holds, as a fraction of the loss of a model that learned nothing; the
+reference's unit prices each weight a gate switches) and a gate-weighted L2 term; ``phi`` is trained
 with the unbiased ARM estimator. One parameter ``k`` runs three stages:
 
 1. ``k = inf``: deterministic gates, plain training of the initially active sub-network;
@@ -37,10 +38,12 @@ if TYPE_CHECKING:
     from ..policy import Context
 
 MODES = ("prune", "expand")
-# The adaptive price's steps: up by half while validation holds, halved when it falls (the
-# gates lag the price by an epoch or two, so the way down is steeper than the way up).
-PRICE_UP, PRICE_DOWN = 1.5, 0.5
+# The adaptive price's steps: doubled while validation holds, halved when it falls. It starts
+# low (a first plastic epoch must not already cut what the network needs, or the best plastic
+# epoch would be a ruin) and climbs a factor 100 in seven epochs, a short run's plastic stage.
+PRICE_UP, PRICE_DOWN = 2.0, 0.5
 IMPLEMENTATIONS = ("mask", "physical")
+LAMBDA_UNITS = ("parameter", "weight")
 GATE_OPTIMIZERS = ("shared", "adam")
 
 
@@ -87,11 +90,12 @@ class NPN(Method):
     description = "Neural Plasticity Networks: L0 gates trained with ARM, pruning or expansion"
     # Three stages need room: 12 epochs of plain training, 30 plastic, 18 of fine-tuning.
     train_defaults = {"epochs": 60}
-    legacy_defaults = {"input_gates": True, "gate_lr": None, "growth": 0.0, "adaptive": False}
+    legacy_defaults = {"input_gates": True, "gate_lr": None, "growth": 0.0, "adaptive": False,
+                       "lambdas": (1e-4,), "lambda_unit": "weight"}
     option_groups = {"expand mode (--npn-mode expand)": (
         "init_sizes", "growth", "wake_logit", "hibernate_logit")}
-    internal_options = ("l2", "init_logit", "init_k", "phi_std", "per_example", "gate_lr",
-                        "gate_optimizer", "prune_below")
+    internal_options = ("lambda_unit", "l2", "init_logit", "init_k", "phi_std", "per_example",
+                        "gate_lr", "gate_optimizer", "prune_below")
 
     mode: str = field(default="prune", metadata={
         "help": "prune: all units start active; expand: a few start active, the rest hibernate"})
@@ -108,13 +112,22 @@ class NPN(Method):
     k_schedule: str = field(default="", metadata={
         "help": "explicit schedule '<epoch>:<k>,...', e.g. '1:inf,11:7,41:inf' (overrides "
                 "stages; epochs before the first entry use k=inf)"})
-    lambdas: tuple[float, ...] = field(default=(1e-4,), metadata={
-        "help": "L0 penalty per expected active weight, one per gated layer or one for all"})
+    lambdas: tuple[float, ...] = field(default=(1e-6,), metadata={
+        "help": "L0 price, one per gated layer or one for all: per parameter a unit holds, as "
+                "a share of the null loss (the loss of predicting the validation targets' class "
+                "frequencies or mean); with --npn-lambda-unit weight (the recipes'), per weight "
+                "a gate switches"})
     adaptive: bool = field(default=True, metadata={
         "help": "prune mode: find the price on validation data (the lambdas scaled up after "
                 "every plastic epoch whose validation accuracy stays within noise of the best "
                 "seen, halved after one well below it); both modes: k*phi capped at init_logit "
                 "so no gate saturates open. Off: the lambdas as given, as the reference"})
+    lambda_unit: str = field(default="parameter", metadata={
+        "help": "parameter: lambdas price every parameter a unit holds in the compact network "
+                "(its row, bias and the next layer's columns), times the null loss, so one "
+                "value carries over between data sets, losses and layers; weight: per weight "
+                "the gate's own layer switches, in the loss's units (the reference's unit, "
+                "the recipes')"})
     l2: float = field(default=0.0, metadata={
         "help": "coefficient of the gate-weighted L2 term sum pi_j ||w_j||^2 / 2"})
     init_sizes: tuple[float, ...] = field(default=(3,), metadata={
@@ -170,6 +183,9 @@ class NPN(Method):
             raise ValueError(
                 "NPN init_sizes must be unit counts >= 1 or fractions in (0, 1), got "
                 f"{self.init_sizes}")
+        if self.lambda_unit not in LAMBDA_UNITS:
+            raise ValueError(f"unknown NPN lambda_unit '{self.lambda_unit}'; choose one of "
+                             f"{LAMBDA_UNITS}")
         if self.gate_optimizer not in GATE_OPTIMIZERS:
             raise ValueError(f"unknown NPN gate_optimizer '{self.gate_optimizer}'; choose one "
                              f"of {GATE_OPTIMIZERS}")
@@ -187,6 +203,8 @@ class NPN(Method):
         self._k_now = INF
         self._best: float | None = None
         self._price_scale = 1.0  # adaptive: the factor on every lambda
+        self._null_loss: float | None = None  # lambda_unit "parameter": the loss's own scale
+        self._kept: dict[str, Any] | None = None  # adaptive: gates of the smallest good epoch
         self._best_accuracy: float | None = None  # adaptive: the best validation accuracy seen
         self._logged_widths: dict[str, int] = {}  # live widths when events were last logged
         self._allocated: dict[str, int] = {}
@@ -315,15 +333,25 @@ class NPN(Method):
 
     # ----------------------------------------------------------------- loss
     def _prices(self) -> list[float]:
-        """Each gated layer's lambda now: the given ones times the adaptive scale."""
-        return [lam * self._price_scale for lam in self._per_layer(self.lambdas)]
+        """Each gated layer's price of one open gate now: its lambda times the adaptive scale
+        times what one gate costs (see ``lambda_unit``)."""
+        scale = self._price_scale
+        if self.lambda_unit == "parameter":
+            scale *= self._null_loss or 1.0
+        return [lam * scale * self._gate_cost(layer)
+                for lam, layer in zip(self._per_layer(self.lambdas), self._layers, strict=True)]
+
+    def _gate_cost(self, layer: GatedLayer) -> int:
+        if self.lambda_unit == "parameter" and layer.params_per_gate is not None:
+            return layer.params_per_gate
+        return layer.weights_per_gate
 
     def penalty(self, trainer: Context | None = None) -> torch.Tensor:
-        """``sum_l lambda_l * expected_l0_l + l2 * gated_l2_l`` at the current k."""
+        """``sum_l price_l * sum(pi_l) + l2 * gated_l2_l`` at the current k."""
         total = self._layers[0].gate.phi.new_zeros(())
-        for layer, lam in zip(self._layers, self._prices(), strict=True):
-            if lam:
-                total = total + lam * layer.expected_l0()
+        for layer, price in zip(self._layers, self._prices(), strict=True):
+            if price:
+                total = total + price * layer.gate.probability().sum()
             if self.l2:
                 total = total + self.l2 * layer.gated_l2()
         return total
@@ -345,7 +373,7 @@ class NPN(Method):
     def _penalty_with_l0_gradient(self) -> torch.Tensor:
         """:meth:`penalty`, the L0 term's gradient given in closed form.
 
-        ``d/dphi lambda * w * sum sigmoid(k phi) = lambda * w * k * pi (1 - pi)`` as a
+        ``d/dphi price * sum sigmoid(k phi) = price * k * pi (1 - pi)`` as a
         :func:`~neuroplast.gates.npn.gradient_term` spares a dozen autograd nodes per step (a
         tenth of a LeNet-300-100 step); the gate-weighted L2 term, whose gradient goes to the
         weights, stays in autograd.
@@ -353,15 +381,14 @@ class NPN(Method):
         total = self._layers[0].gate.phi.new_zeros(())
         l0 = self._layers[0].gate.phi.new_zeros(())  # its value; the gradient is given below
         estimates = []
-        for layer, lam in zip(self._layers, self._prices(), strict=True):
+        for layer, price in zip(self._layers, self._prices(), strict=True):
             gate = layer.gate
-            if lam:
+            if price:
                 with torch.no_grad():
                     pi = gate.probability()
-                    l0 += lam * layer.weights_per_gate * pi.sum()
+                    l0 += price * pi.sum()
                     if gate.stochastic and gate.k > 0 and gate.phi.requires_grad:
-                        estimates.append(
-                            (gate.phi, (lam * layer.weights_per_gate * gate.k) * pi * (1 - pi)))
+                        estimates.append((gate.phi, (price * gate.k) * pi * (1 - pi)))
             if self.l2:
                 total = total + self.l2 * layer.gated_l2()
         return total + l0 + gradient_term(estimates)
@@ -375,12 +402,17 @@ class NPN(Method):
             raise ValueError(
                 "NPN expand mode decides growth on the validation loss, and this data set has "
                 "no validation split: pass --val-fraction")
+        if self.lambda_unit == "parameter" and self._null_loss is None:
+            self._null_loss = _null_loss(trainer)
         self.set_k(self.k_at(trainer.epoch + 1))
         if self.gate_optimizer == "adam":
             self._start_gate_optimizer(trainer)
 
     def on_epoch_begin(self, trainer: Context, epoch: int) -> None:
         self.set_k(self.k_at(epoch))
+        if self._kept is not None and not _plastic(self._k_now) and _plastic(
+                self.k_at(epoch - 1)):
+            self._restore_kept(trainer)
 
     def after_backward(self, trainer: Context) -> None:
         if self._gate_optimizer is not None:
@@ -402,7 +434,13 @@ class NPN(Method):
         ceiling = self.init_logit / self._k_now
         with torch.no_grad():
             for layer in self._layers:
-                layer.gate.phi.clamp_(max=ceiling)
+                phi = layer.gate.phi.view(-1)
+                phi.clamp_(max=ceiling)
+                if not layer.gate.positional:
+                    # A layer never closes its last unit: the price alone would empty it. (A
+                    # position's gate is not a unit: its channel's gate keeps one open.)
+                    strongest = phi.argmax()
+                    phi[strongest] = phi[strongest].clamp(min=1.0 / self._k_now)
 
     def on_epoch_end(self, trainer: Context, epoch: int) -> None:
         plastic = not math.isinf(self._k_now)
@@ -413,13 +451,13 @@ class NPN(Method):
                 self._best = objective
                 self._expand(trainer)
         if self.adaptive and self.mode == "prune":
-            self._adapt_price(trainer, plastic)
+            self._adapt_price(trainer, _plastic(self._k_now), epoch)
         if self.implementation == "physical":
             last = self._epochs is not None and epoch >= self._epochs
             self._remove_dead(trainer, self._k_now if last else self.k_at(epoch + 1))
         self._log_width_changes(trainer)
 
-    def _adapt_price(self, trainer: Context, plastic: bool) -> None:
+    def _adapt_price(self, trainer: Context, plastic: bool, epoch: int = 0) -> None:
         """Raise the price while the network keeps the best validation accuracy, halve it when
         it loses it: the gates head for the smallest network within noise of the best.
 
@@ -432,16 +470,54 @@ class NPN(Method):
         examples = len(trainer.data.y_val)
         if not math.isfinite(accuracy) or not examples:
             return
-        best = accuracy if self._best_accuracy is None else max(self._best_accuracy, accuracy)
-        self._best_accuracy = best
         if not plastic:
             return
+        # The best of the plastic epochs only: gates drawn at random cost a fixed network
+        # some accuracy, which is not pruning's cost.
+        best = accuracy if self._best_accuracy is None else max(self._best_accuracy, accuracy)
+        self._best_accuracy = best
         tolerance = (max(0.005, math.sqrt(best * (1 - best) / examples))
                      if trainer.objective.classifies else noise)
+        self._keep_if_smallest(trainer, epoch, accuracy, best, tolerance)
         if accuracy >= best - tolerance:
             self._price_scale *= PRICE_UP
         elif accuracy < best - 2 * tolerance:  # between the two: hold the price
             self._price_scale *= PRICE_DOWN
+
+    def _keep_if_smallest(self, trainer: Context, epoch: int, accuracy: float, best: float,
+                          tolerance: float) -> None:
+        """Remember the gates of the smallest network (parameters of its export) whose
+        validation score is within noise of the best plastic epoch's."""
+        if accuracy < best - tolerance:
+            return
+        size = sum(parameter.numel() for parameter in
+                   self.live_model(trainer.model, select_inputs=False).parameters())
+        kept = self._kept
+        if kept is None or kept["accuracy"] < best - tolerance or size <= kept["size"]:
+            self._kept = {
+                "epoch": epoch, "size": size, "accuracy": accuracy,
+                "phi": {layer.name: layer.gate.phi.detach().clone() for layer in self._layers},
+                "unit_id": {layer.name: layer.gate.unit_id.clone() for layer in self._layers}}
+
+    def _restore_kept(self, trainer: Context) -> None:
+        """When plasticity ends, go back to the kept gates: a price raised until the validation
+        score falls has cut an epoch or two too far. The physical implementation kept their
+        units allocated (see :meth:`_remove_dead`); afterwards the closed ones go."""
+        kept, self._kept = self._kept, None
+        with torch.no_grad():
+            for layer in self._layers:
+                ids, phi = kept["unit_id"][layer.name], kept["phi"][layer.name]
+                now = layer.gate.unit_id
+                if torch.equal(now, ids):
+                    layer.gate.phi.copy_(phi)
+                else:  # physical: units removed since are a subset of those kept then
+                    index = {int(unit): row for row, unit in enumerate(ids.tolist())}
+                    rows = torch.tensor([index[int(unit)] for unit in now.tolist()])
+                    layer.gate.phi.copy_(phi.index_select(0, rows))
+        trainer.log_event(f"restored the gates of epoch {kept['epoch']}, the smallest network "
+                          f"within noise of the best ({kept['size']:,} parameters)")
+        if self.implementation == "physical":
+            self._remove_dead(trainer, self._k_now)
 
     def _log_width_changes(self, trainer: Context) -> None:
         """Say which gated layers closed or opened units this epoch (a report's events)."""
@@ -564,7 +640,13 @@ class NPN(Method):
         for group_name, layer_name in self._owners.items():
             layer = next(layer for layer in self._layers if layer.name == layer_name)
             pi = layer.gate.probability(k).detach()
-            keep = torch.nonzero(pi >= self.prune_below).reshape(-1)
+            alive = pi >= self.prune_below
+            if self._kept is not None:  # units the kept gates open stay until restored
+                kept_open = self._kept["unit_id"][layer.name][
+                    self._kept["phi"][layer.name].reshape(len(self._kept["unit_id"][layer.name]),
+                                                          -1).amax(1) > 0]
+                alive |= torch.isin(layer.gate.unit_id, kept_open)
+            keep = torch.nonzero(alive).reshape(-1)
             if keep.numel() == 0:
                 keep = layer.gate.phi.detach().argmax().reshape(1)  # a layer keeps one unit
             if keep.numel() < pi.numel():
@@ -604,7 +686,8 @@ class NPN(Method):
     def state_dict(self) -> dict[str, Any]:
         state = {"best": self._best, "allocated": dict(self._allocated),
                  "reserve": dict(self._reserve), "price_scale": self._price_scale,
-                 "best_accuracy": self._best_accuracy}
+                 "best_accuracy": self._best_accuracy, "null_loss": self._null_loss,
+                 "kept": self._kept}
         if self._gate_optimizer is not None:
             state["gate_optimizer"] = self._gate_optimizer.state_dict()
         return state
@@ -613,10 +696,35 @@ class NPN(Method):
         self._best = state.get("best")
         self._price_scale = float(state.get("price_scale", 1.0))
         self._best_accuracy = state.get("best_accuracy")
+        self._null_loss = state.get("null_loss")
+        self._kept = state.get("kept")
         self._allocated = {str(k): int(v) for k, v in state.get("allocated", {}).items()}
         self._reserve = {str(k): v.clone() for k, v in state.get("reserve", {}).items()}
         # Loaded into the gate optimizer when training (re)starts, over the loaded phi.
         self._gate_optimizer_state = state.get("gate_optimizer")
+
+
+def _plastic(k: float) -> bool:
+    """Whether gates are drawn at random and priced (k = 0 is dropout: phi does not move)."""
+    return 0 < k < INF
+
+
+def _null_loss(trainer: Context) -> float:
+    """The loss of the best constant prediction on the validation targets (a held-out sample
+    of the task's; the training targets where there is no validation split), the unit of the
+    ``parameter`` price; 1 where there are no targets or they are all alike.
+
+    The validation split is indexable and drawn at random wherever the data comes from (a
+    stream's first batches need not be: an unshuffled stream is often sorted by class), and
+    every loop that sizes a network has one: the Trainer, SelfSizing and the integrations
+    price alike.
+    """
+    data = trainer.data
+    targets = data.y_val if len(data.y_val) else data.y_train
+    targets = torch.as_tensor(targets)
+    if not len(targets):
+        return 1.0
+    return trainer.objective.null_loss(targets.cpu()) or 1.0
 
 
 def _as_tuple(value: Any) -> tuple:

@@ -77,13 +77,13 @@ class RunConfig:
     @classmethod
     def from_json(cls, values: dict[str, Any]) -> RunConfig:
         values = dict(values)
-        if not values.get(COMPLETE_OPTIONS):
-            # Written when config.json held only the options typed: a default changed since
-            # then must not change what the run rebuilds.
-            from ..methods import METHODS
+        # An option config.json lacks (it held only the options typed, or the option is newer
+        # than the run) keeps the value it had then: a default changed since must not change
+        # what the run rebuilds.
+        from ..methods import METHODS
 
-            legacy = getattr(METHODS.get(values.get("method", "fixed")), "legacy_defaults", {})
-            values["method_options"] = {**legacy, **(values.get("method_options") or {})}
+        legacy = getattr(METHODS.get(values.get("method", "fixed")), "legacy_defaults", {})
+        values["method_options"] = {**legacy, **(values.get("method_options") or {})}
         train_names = {f.name for f in fields(TrainConfig)}
         saved = values.get("train", {})
         train = TrainConfig(**{k: v for k, v in saved.items() if k in train_names})
