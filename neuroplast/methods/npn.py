@@ -115,8 +115,8 @@ class NPN(Method):
     lambdas: tuple[float, ...] = field(default=(1e-6,), metadata={
         "help": "L0 price, one per gated layer or one for all: per parameter a unit holds, as "
                 "a share of the null loss (the loss of predicting the validation targets' class "
-                "frequencies or mean); with --npn-lambda-unit weight (the recipes'), per weight "
-                "a gate switches"})
+                "frequencies or mean); the recipes' lambda_unit 'weight' prices each weight a "
+                "gate switches instead"})
     adaptive: bool = field(default=True, metadata={
         "help": "prune mode: find the price on validation data (the lambdas scaled up after "
                 "every plastic epoch whose validation accuracy stays within noise of the best "
