@@ -458,8 +458,9 @@ class NPN(Method):
         self._log_width_changes(trainer)
 
     def _adapt_price(self, trainer: Context, plastic: bool, epoch: int = 0) -> None:
-        """Raise the price while the network keeps the best validation accuracy, halve it when
-        it loses it: the gates head for the smallest network within noise of the best.
+        """After a plastic epoch: double the price while the validation accuracy stays within
+        noise of the best plastic epoch's, hold it within twice that, halve it below; and keep
+        the gates of the smallest network within noise (restored when plasticity ends).
 
         Noise is one standard error of the best accuracy on this validation set, and never
         less than half a point (the tolerance of the task panel's sufficient width); for a
@@ -468,9 +469,7 @@ class NPN(Method):
         """
         accuracy, noise = trainer.validation_score()
         examples = len(trainer.data.y_val)
-        if not math.isfinite(accuracy) or not examples:
-            return
-        if not plastic:
+        if not plastic or not math.isfinite(accuracy) or not examples:
             return
         # The best of the plastic epochs only: gates drawn at random cost a fixed network
         # some accuracy, which is not pruning's cost.
