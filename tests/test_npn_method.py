@@ -624,3 +624,26 @@ def test_physical_keeps_the_kept_units_and_restores_them_as_mask_does():
     assert [r["widths"] for r in physical] == [r["widths"] for r in mask]
     assert [r["val_accuracy"] for r in physical] == pytest.approx(
         [r["val_accuracy"] for r in mask], abs=1e-9)
+
+
+@pytest.mark.parametrize("implementation", ["mask", "physical"])
+def test_a_run_resumed_while_gates_are_kept_equals_an_uninterrupted_run(tmp_path,
+                                                                        implementation):
+    # The default adaptive price, interrupted inside plasticity: the kept gates (and, in the
+    # physical implementation, the units they hold allocated) cross the checkpoint.
+    def config(out):
+        return RunConfig(method="npn", model="mlp", dataset="digits", widths=[32], out=str(out),
+                         train=TrainConfig(epochs=8, batch_size=64, lr=0.01, progress=False,
+                                           seed=1),
+                         method_options={"stages": [0.25, 0.75], "lambdas": [3e-4],
+                                         "implementation": implementation})
+
+    straight = train_run(config(tmp_path / "straight"))
+    cut = train_run(config(tmp_path / "cut"), callbacks=[InterruptAt(6, 3)])
+    assert cut["stopped_early"] == "interrupted"
+    resumed = resume_run(tmp_path / "cut")
+    for key in ("test_accuracy", "val_accuracy", "final_widths", "params"):
+        assert resumed[key] == straight[key]
+    rows = epoch_metrics(tmp_path / "straight")
+    assert epoch_metrics(tmp_path / "cut") == rows
+    assert any(event.startswith("restored the gates") for row in rows for event in row["events"])

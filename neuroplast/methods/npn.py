@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 MODES = ("prune", "expand")
 # The adaptive price's steps: doubled while validation holds, halved when it falls. It starts
 # low (a first plastic epoch must not already cut what the network needs, or the best plastic
-# epoch would be a ruin) and climbs a factor 100 in seven epochs, a short run's plastic stage.
+# epoch would be a ruin) and climbs a factor 128 in seven epochs, a short run's plastic stage.
 PRICE_UP, PRICE_DOWN = 2.0, 0.5
 IMPLEMENTATIONS = ("mask", "physical")
 LAMBDA_UNITS = ("parameter", "weight")
@@ -118,10 +118,12 @@ class NPN(Method):
                 "frequencies or mean); the recipes' lambda_unit 'weight' prices each weight a "
                 "gate switches instead"})
     adaptive: bool = field(default=True, metadata={
-        "help": "prune mode: find the price on validation data (the lambdas scaled up after "
+        "help": "prune mode: find the price on validation data (the lambdas doubled after "
                 "every plastic epoch whose validation accuracy stays within noise of the best "
-                "seen, halved after one well below it); both modes: k*phi capped at init_logit "
-                "so no gate saturates open. Off: the lambdas as given, as the reference"})
+                "plastic epoch's, halved after one well below it; when plasticity ends, the "
+                "gates of the smallest network within noise come back; a layer keeps its last "
+                "unit); both modes: k*phi capped at init_logit so no gate saturates open. Off: "
+                "the lambdas as given, as the reference"})
     lambda_unit: str = field(default="parameter", metadata={
         "help": "parameter: lambdas price every parameter a unit holds in the compact network "
                 "(its row, bias and the next layer's columns), times the null loss, so one "
@@ -496,7 +498,12 @@ class NPN(Method):
             self._kept = {
                 "epoch": epoch, "size": size, "accuracy": accuracy,
                 "phi": {layer.name: layer.gate.phi.detach().clone() for layer in self._layers},
-                "unit_id": {layer.name: layer.gate.unit_id.clone() for layer in self._layers}}
+                "unit_id": {layer.name: layer.gate.unit_id.clone() for layer in self._layers},
+                # units with an open gate (a channel: any of its positions), which the physical
+                # implementation keeps allocated until they are restored
+                "open": {layer.name: layer.gate.unit_id[
+                    layer.gate.phi.detach().reshape(len(layer.gate.unit_id), -1).amax(1) > 0]
+                    for layer in self._layers}}
 
     def _restore_kept(self, trainer: Context) -> None:
         """When plasticity ends, go back to the kept gates: a price raised until the validation
@@ -641,10 +648,7 @@ class NPN(Method):
             pi = layer.gate.probability(k).detach()
             alive = pi >= self.prune_below
             if self._kept is not None:  # units the kept gates open stay until restored
-                kept_open = self._kept["unit_id"][layer.name][
-                    self._kept["phi"][layer.name].reshape(len(self._kept["unit_id"][layer.name]),
-                                                          -1).amax(1) > 0]
-                alive |= torch.isin(layer.gate.unit_id, kept_open)
+                alive |= torch.isin(layer.gate.unit_id, self._kept["open"][layer.name])
             keep = torch.nonzero(alive).reshape(-1)
             if keep.numel() == 0:
                 keep = layer.gate.phi.detach().argmax().reshape(1)  # a layer keeps one unit
