@@ -42,6 +42,7 @@ MODES = ("prune", "expand")
 # low (a first plastic epoch must not already cut what the network needs, or the best plastic
 # epoch would be a ruin) and climbs a factor 128 in seven epochs, a short run's plastic stage.
 PRICE_UP, PRICE_DOWN = 2.0, 0.5
+SMOOTHING = 3  # plastic epochs averaged into the adaptive price's yardstick
 IMPLEMENTATIONS = ("mask", "physical")
 LAMBDA_UNITS = ("parameter", "weight")
 GATE_OPTIMIZERS = ("shared", "adam")
@@ -120,10 +121,10 @@ class NPN(Method):
     adaptive: bool = field(default=True, metadata={
         "help": "prune mode: find the price on validation data (the lambdas doubled after "
                 "every plastic epoch whose validation accuracy stays within noise of the best "
-                "plastic epoch's, halved after one well below it; when plasticity ends, the "
-                "gates of the smallest network within noise come back; a layer keeps its last "
-                "unit); both modes: k*phi capped at init_logit so no gate saturates open. Off: "
-                "the lambdas as given, as the reference"})
+                "mean of three successive plastic epochs, halved after one well below it; when "
+                "plasticity ends, the gates of the smallest network within noise come back; a "
+                "layer keeps its last unit); both modes: k*phi capped at init_logit so no gate "
+                "saturates open. Off: the lambdas as given, as the reference"})
     lambda_unit: str = field(default="parameter", metadata={
         "help": "parameter: lambdas price every parameter a unit holds in the compact network "
                 "(its row, bias and the next layer's columns), times the null loss, so one "
@@ -208,6 +209,7 @@ class NPN(Method):
         self._null_loss: float | None = None  # lambda_unit "parameter": the loss's own scale
         self._kept: dict[str, Any] | None = None  # adaptive: gates of the smallest good epoch
         self._best_accuracy: float | None = None  # adaptive: the best validation accuracy seen
+        self._readings: list[float] = []  # adaptive: the last plastic epochs' accuracies
         self._logged_widths: dict[str, int] = {}  # live widths when events were last logged
         self._allocated: dict[str, int] = {}
         self._owners: dict[str, str] = {}  # unit group -> gated layer whose gate decides it
@@ -461,8 +463,9 @@ class NPN(Method):
 
     def _adapt_price(self, trainer: Context, plastic: bool, epoch: int = 0) -> None:
         """After a plastic epoch: double the price while the validation accuracy stays within
-        noise of the best plastic epoch's, hold it within twice that, halve it below; and keep
-        the gates of the smallest network within noise (restored when plasticity ends).
+        noise of the yardstick (the best mean of :data:`SMOOTHING` successive plastic epochs'),
+        hold it within twice that, halve it below; and keep the gates of the smallest network
+        within noise (restored when plasticity ends).
 
         Noise is one standard error of the best accuracy on this validation set, and never
         less than half a point (the tolerance of the task panel's sufficient width); for a
@@ -473,9 +476,14 @@ class NPN(Method):
         examples = len(trainer.data.y_val)
         if not plastic or not math.isfinite(accuracy) or not examples:
             return
-        # The best of the plastic epochs only: gates drawn at random cost a fixed network
-        # some accuracy, which is not pruning's cost.
-        best = accuracy if self._best_accuracy is None else max(self._best_accuracy, accuracy)
+        # The yardstick comes from the plastic epochs only (gates drawn at random cost a fixed
+        # network some accuracy, which is not pruning's cost), and is the best mean of
+        # SMOOTHING successive readings: the best single reading of many is a lucky one, so
+        # far above the typical one that the smaller networks read after it seemed to cost
+        # accuracy, the price fell and the run kept a large network.
+        self._readings = (self._readings + [accuracy])[-SMOOTHING:]
+        smoothed = sum(self._readings) / len(self._readings)
+        best = smoothed if self._best_accuracy is None else max(self._best_accuracy, smoothed)
         self._best_accuracy = best
         tolerance = (max(0.005, math.sqrt(best * (1 - best) / examples))
                      if trainer.objective.classifies else noise)
@@ -488,7 +496,7 @@ class NPN(Method):
     def _keep_if_smallest(self, trainer: Context, epoch: int, accuracy: float, best: float,
                           tolerance: float) -> None:
         """Remember the gates of the smallest network (parameters of its export) whose
-        validation score is within noise of the best plastic epoch's."""
+        validation score is within noise of the yardstick."""
         if accuracy < best - tolerance:
             return
         size = sum(parameter.numel() for parameter in
@@ -690,7 +698,7 @@ class NPN(Method):
         state = {"best": self._best, "allocated": dict(self._allocated),
                  "reserve": dict(self._reserve), "price_scale": self._price_scale,
                  "best_accuracy": self._best_accuracy, "null_loss": self._null_loss,
-                 "kept": self._kept}
+                 "kept": self._kept, "readings": list(self._readings)}
         if self._gate_optimizer is not None:
             state["gate_optimizer"] = self._gate_optimizer.state_dict()
         return state
@@ -701,6 +709,7 @@ class NPN(Method):
         self._best_accuracy = state.get("best_accuracy")
         self._null_loss = state.get("null_loss")
         self._kept = state.get("kept")
+        self._readings = [float(a) for a in state.get("readings", [])]
         self._allocated = {str(k): int(v) for k, v in state.get("allocated", {}).items()}
         self._reserve = {str(k): v.clone() for k, v in state.get("reserve", {}).items()}
         # Loaded into the gate optimizer when training (re)starts, over the loaded phi.
