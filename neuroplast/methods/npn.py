@@ -208,7 +208,7 @@ class NPN(Method):
         self._price_scale = 1.0  # adaptive: the factor on every lambda
         self._null_loss: float | None = None  # lambda_unit "parameter": the loss's own scale
         self._kept: dict[str, Any] | None = None  # adaptive: gates of the smallest good epoch
-        self._best_accuracy: float | None = None  # adaptive: the best validation accuracy seen
+        self._best_accuracy: float | None = None  # adaptive: the yardstick (best full mean)
         self._readings: list[float] = []  # adaptive: the last plastic epochs' accuracies
         self._logged_widths: dict[str, int] = {}  # live widths when events were last logged
         self._allocated: dict[str, int] = {}
@@ -480,11 +480,14 @@ class NPN(Method):
         # network some accuracy, which is not pruning's cost), and is the best mean of
         # SMOOTHING successive readings: the best single reading of many is a lucky one, so
         # far above the typical one that the smaller networks read after it seemed to cost
-        # accuracy, the price fell and the run kept a large network.
+        # accuracy, the price fell and the run kept a large network. Until SMOOTHING readings
+        # exist, the mean of those there are stands in, and is not kept.
         self._readings = (self._readings + [accuracy])[-SMOOTHING:]
         smoothed = sum(self._readings) / len(self._readings)
-        best = smoothed if self._best_accuracy is None else max(self._best_accuracy, smoothed)
-        self._best_accuracy = best
+        if len(self._readings) == SMOOTHING:
+            self._best_accuracy = (smoothed if self._best_accuracy is None
+                                   else max(self._best_accuracy, smoothed))
+        best = smoothed if self._best_accuracy is None else self._best_accuracy
         tolerance = (max(0.005, math.sqrt(best * (1 - best) / examples))
                      if trainer.objective.classifies else noise)
         self._keep_if_smallest(trainer, epoch, accuracy, best, tolerance)
@@ -709,6 +712,8 @@ class NPN(Method):
         self._best_accuracy = state.get("best_accuracy")
         self._null_loss = state.get("null_loss")
         self._kept = state.get("kept")
+        # (A checkpoint from before the running mean holds the best single reading as the
+        # yardstick, and no readings: such a run goes on held to that reading.)
         self._readings = [float(a) for a in state.get("readings", [])]
         self._allocated = {str(k): int(v) for k, v in state.get("allocated", {}).items()}
         self._reserve = {str(k): v.clone() for k, v in state.get("reserve", {}).items()}
