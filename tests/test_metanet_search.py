@@ -63,12 +63,27 @@ def _climb(start, curve=_curve, **options):
 
 def test_the_ladder_climbs_compresses_and_bisects_to_the_same_width_from_both_sides():
     assert tolerance(0.96, 10_000) == 0.005 and math.isclose(tolerance(0.5, 100), 0.05)
-    # From 4: 8 helps (95.7 > 85 + 0.5), 16 does not (95.8 < 95.7 + 0.5); the best is 95.8,
-    # so 8 (95.7) is within the noise and 4 is halved again, this time by compression (85:
-    # worse); bisection tries 6 (93: worse) and 8 remains.
-    assert _climb(4) == ([4, 8, 16, 4, 6], 8)
+    # From 4: 8 helps (95.7 > 85 + 0.5); 16 gains within the noise (95.8 < 95.7 + 0.5), so
+    # the climb goes on once, on credit: 32 must beat the rungs before both (95.7) by the
+    # noise, and does not (96.0); the best is 96.0, so 8 (95.7) is within the noise and 4 is
+    # halved again, this time by compression (85: worse); bisection tries 6 (93: worse) and 8
+    # remains.
+    assert _climb(4) == ([4, 8, 16, 32, 4, 6], 8)
     # From 64: doubling to 128 does not help; halving costs nothing down to 8; 4 costs; 6 too.
     assert _climb(64) == ([64, 128, 32, 16, 8, 4, 6], 8)
+
+
+def test_the_ladder_climbs_on_gains_the_noise_hides_one_doubling_at_a_time():
+    # Each doubling from 8 gains 0.4 points, less than the noise (0.5), up to 64 units; two
+    # doublings gain 0.8. By hand: 16 is a record within the noise (credit), 32 beats 8 by
+    # 0.8 (climb), 64 is a record within the noise again, but the credit is spent: down. The
+    # best is 91.2 %, so 32 (90.8) is within the noise, 16 (90.4) is not; bisection tries 23
+    # (90.6, not within) and 32 remains. Without the credit the climb stopped at 16 and
+    # the search chose 8, a width 1.2 points below the best.
+    def gaining(width):
+        return min(0.912, 0.900 + 0.004 * math.log2(width / 8)) if width >= 8 else 0.8
+
+    assert _climb(8, gaining) == ([8, 16, 32, 64, 16, 23], 32)
 
 
 def test_the_ladder_respects_the_width_limits():
