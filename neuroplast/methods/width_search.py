@@ -4,6 +4,8 @@ The search trains the network at one width for a *rung* of epochs, reads its val
 accuracy, resizes, and trains the next rung, never restarting:
 
 1. **up**: from the start width, double while each doubling sets a record beyond the noise;
+   once in a search, a record within the noise earns one more doubling, judged with it
+   against the rungs before both (a gain per doubling smaller than the noise adds up);
 2. **down**: then halve, from the smallest width within the noise of the best, while the
    halved network stays within the noise of the best;
 3. **bisect**: between the smallest width within the noise of the best and the largest width
