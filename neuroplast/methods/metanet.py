@@ -5,8 +5,9 @@ Two strategies (``strategy``):
 - ``search`` (the default): :mod:`neuroplast.methods.width_search`. Double the width while
   that helps beyond the validation noise (once, a gain within it earns one more doubling,
   judged with it), then compress it while halving costs nothing beyond that noise, bisect
-  once, and train the smallest width within the noise of the best to the end of the budget. It reads only ``layers``, ``min_width``, ``max_width`` and
-  ``search_share``; setting an option of the metabolism under it is an error, not a no-op.
+  once, and train the smallest width within the noise of the best to the end of the budget.
+  It reads only ``layers``, ``min_width``, ``max_width`` and ``search_share``; setting an
+  option of the metabolism under it is an error, not a no-op.
 - ``metabolism``: the Metabolize Neural Network (Dai et al., arXiv 1809.00837),
   reconstructed, described below. It did not find a task's width with its defaults (from
   1024 units it grew on tasks that need 12-24, from 8 it ended anywhere from 16 to 419), so
