@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from run_helpers import InterruptAt, assert_same_states, epoch_metrics
 from torch import nn
 
+from neuroplast import layer_widths
 from neuroplast.cli import config_from_options, main, read_recipe
 from neuroplast.core.checkpoint import load_checkpoint
 from neuroplast.data import DataSplits, load_dataset
@@ -509,9 +510,13 @@ def test_every_gate_that_closes_or_opens_is_logged_as_an_event(moons):
                 continue  # not a layer's event (the adaptive price restoring kept gates)
             count = int(text.split()[0])
             closed[name] += count if " closed " in text else -count
-    # Independent count from the gates themselves: units whose test-time gate is off.
-    assert closed["fc1"] == int((torch.sigmoid(7 * model.fc1_gate.phi.detach()) < 0.5).sum())
-    assert closed["out"] == int((torch.sigmoid(7 * model.out_gate.phi.detach()) < 0.5).sum())
+    # Independent count from the gates themselves: units whose test-time gate is off (of the
+    # full size: a mask run sheds its closed hidden units once the gates harden).
+    def closed_of(gate):
+        return gate.nominal_width - int((torch.sigmoid(7 * gate.phi.detach()) >= 0.5).sum())
+
+    assert closed["fc1"] == closed_of(model.fc1_gate)
+    assert closed["out"] == closed_of(model.out_gate)
     assert closed["fc1"] > 0
 
 
@@ -678,3 +683,27 @@ def test_a_run_resumed_while_gates_are_kept_equals_an_uninterrupted_run(tmp_path
     rows = epoch_metrics(tmp_path / "straight")
     assert epoch_metrics(tmp_path / "cut") == rows
     assert any(event.startswith("restored the gates") for row in rows for event in row["events"])
+
+
+def test_a_mask_run_sheds_its_closed_units_once_the_gates_harden_and_trains_the_same(
+        monkeypatch):
+    # Adam, the default price: once k = inf for the rest of the run no gate can open, so
+    # removing the closed units changes neither the decisions nor the function. Compared with
+    # the same run that keeps them (independent: the removal switched off).
+    data = load_dataset("digits", None, seed=0)
+
+    def run():
+        torch.manual_seed(0)
+        model = build_model("mlp", data.input_shape, data.num_classes, widths=[64])
+        method = NPN(stages=(0.25, 0.75))
+        config = TrainConfig(epochs=8, batch_size=64, lr=0.01, seed=0, progress=False)
+        trainer = Trainer(model, data, method, config)
+        return trainer.fit(), layer_widths(trainer.model)["fc1"]
+
+    shed, shed_allocated = run()
+    monkeypatch.setattr(NPN, "_hardened", lambda self, epoch: False)
+    kept, kept_allocated = run()
+    assert kept_allocated == 64 and shed_allocated == shed[-1]["widths"]["out"] < 64
+    assert [r["widths"] for r in shed] == [r["widths"] for r in kept]
+    for key in ("val_accuracy", "test_accuracy", "val_loss"):
+        assert [r[key] for r in shed] == pytest.approx([r[key] for r in kept], abs=1e-5)

@@ -12,7 +12,8 @@ with the unbiased ARM estimator. One parameter ``k`` runs three stages:
    unit per layer wakes after each epoch whose validation objective improved);
 3. ``k = inf`` again: the architecture hardens and the survivors are fine-tuned.
 
-``--npn-implementation mask`` allocates every unit for the whole run, as the reference does;
+``--npn-implementation mask`` allocates every unit, as the reference does, until the gates
+harden for good (then the closed units go, at no change to the function);
 ``physical`` materializes a hibernating unit only when it wakes and removes units once their
 gate is (practically) off, so compute follows the live width. Both end in the same plain compact
 network (``live_model``). The mapping of the reference's constants is in ``docs/npn.md``.
@@ -104,8 +105,8 @@ class NPN(Method):
         "help": "also gate the raw input features of a first Linear (an MLP's inputs), "
                 "selecting inputs as the reference's MLPs do; off: hidden units only"})
     implementation: str = field(default="mask", metadata={
-        "help": "mask: every unit allocated throughout (the reference); physical: units are "
-                "added when they wake and removed when they die"})
+        "help": "mask: every unit allocated until the gates harden (the reference); physical: "
+                "units are added when they wake and removed when they die"})
     k: float = field(default=7.0, metadata={
         "help": "k of the plasticity stage (pi = sigmoid(k*phi)); 0: dropout, inf: none"})
     stages: tuple[float, ...] = field(default=(0.2, 0.7), metadata={
@@ -417,6 +418,16 @@ class NPN(Method):
         if self._kept is not None and not _plastic(self._k_now) and _plastic(
                 self.k_at(epoch - 1)):
             self._restore_kept(trainer)
+        if self.implementation == "mask" and self._hardened(epoch):
+            # From here on no gate can open: a closed unit only costs compute, so the mask
+            # run sheds it (the decisions and the function stay the same).
+            self._remove_dead(trainer, INF)
+
+    def _hardened(self, epoch: int) -> bool:
+        """Whether ``epoch`` and every later one train at k = inf after a plastic epoch."""
+        last = self._epochs if self._epochs is not None else epoch
+        return (any(_plastic(self.k_at(e)) for e in range(1, epoch))
+                and not any(math.isfinite(self.k_at(e)) for e in range(epoch, last + 1)))
 
     def after_backward(self, trainer: Context) -> None:
         if self._gate_optimizer is not None:
