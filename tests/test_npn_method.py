@@ -707,3 +707,24 @@ def test_a_mask_run_sheds_its_closed_units_once_the_gates_harden_and_trains_the_
     assert [r["widths"] for r in shed] == [r["widths"] for r in kept]
     for key in ("val_accuracy", "test_accuracy", "val_loss"):
         assert [r[key] for r in shed] == pytest.approx([r[key] for r in kept], abs=1e-5)
+
+
+def test_a_mask_run_resumed_after_shedding_its_closed_units_equals_an_uninterrupted_run(
+        tmp_path):
+    # Interrupted in the last epoch, after the gates hardened and the closed units went: the
+    # checkpoint holds the narrower network, and the resumed run ends as the straight one.
+    def config(out):
+        return RunConfig(method="npn", model="mlp", dataset="digits", widths=[32], out=str(out),
+                         train=TrainConfig(epochs=8, batch_size=64, lr=0.01, progress=False,
+                                           seed=1),
+                         method_options={"stages": [0.25, 0.75], "implementation": "mask"})
+
+    straight = train_run(config(tmp_path / "straight"))
+    cut = train_run(config(tmp_path / "cut"), callbacks=[InterruptAt(8, 3)])
+    assert cut["stopped_early"] == "interrupted"
+    resumed = resume_run(tmp_path / "cut")
+    for key in ("test_accuracy", "val_accuracy", "final_widths", "params"):
+        assert resumed[key] == straight[key]
+    rows = epoch_metrics(tmp_path / "straight")
+    assert epoch_metrics(tmp_path / "cut") == rows
+    assert any(event.startswith("pruned fc1") for event in rows[6]["events"])
